@@ -1,0 +1,30 @@
+"""Installs mmselfsup_vmf, an OpenMMLab plugin for DINO-vMF, iBOT-vMF, SimDINO, SimDINOv2."""
+from setuptools import find_packages, setup
+
+# Ranges a GPU user can live with; the exact, tested pins are in requirements/constraints.txt.
+INSTALL_REQUIRES = [
+    'torch>=2.0',
+    'torchvision',
+    'numpy>=1.24,<2',          # numpy 2 breaks mmcv.adjust_hue (ColorJitter) in mmcv<=2.2
+    'opencv-python<=4.11.0.86',  # the last opencv that accepts numpy 1.x
+    'mmengine>=0.10.0,<1.0',
+    'mmpretrain>=1.2.0,<1.3',
+    'mmsegmentation>=1.2.0,<1.3',
+    'ftfy', 'regex',           # mmseg.utils imports them but does not declare them
+    'setuptools>=69,<81',      # mmengine needs pkg_resources, removed in setuptools 81
+    'scipy', 'tensorboard',
+]
+
+setup(
+    name='mmselfsup_vmf',
+    version='0.1.0',
+    description='DINO-vMF, iBOT-vMF, SimDINO and SimDINOv2 for the OpenMMLab runner',
+    packages=find_packages(include=['mmselfsup_vmf', 'mmselfsup_vmf.*']),
+    python_requires='>=3.9',
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        # pure-python mmcv for CPU machines; mmseg 1.2.x asserts mmcv < 2.2.0
+        'cpu': ['mmcv-lite>=2.0.0,<2.2.0'],
+        'tests': ['pytest', 'pytest-timeout', 'mpmath', 'scikit-learn', 'scikit-image'],
+    },
+)
