@@ -1,0 +1,1 @@
+from .knn import extract_features, knn_accuracy, weighted_knn_classify  # noqa: F401

@@ -1,0 +1,1 @@
+from .multicrop import MultiCrop, dino_view_pipeline  # noqa: F401

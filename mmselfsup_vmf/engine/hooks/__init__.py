@@ -1,0 +1,3 @@
+from .knn_hook import KNNHook  # noqa: F401
+from .freeze_last_layer import FreezeLastLayerHook  # noqa: F401
+from .random_state import RandomStateHook  # noqa: F401

@@ -1,0 +1,2 @@
+from .self_distillation import SelfDistillation  # noqa: F401
+from .dino import DINO  # noqa: F401

@@ -1,0 +1,1 @@
+from .vit import MaskedViT  # noqa: F401

@@ -1,0 +1,1 @@
+from .dino_head import DINOHead  # noqa: F401

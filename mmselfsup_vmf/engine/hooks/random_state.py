@@ -1,0 +1,53 @@
+"""Save the RNG states in checkpoints so a resumed run continues bitwise as the straight one."""
+import random
+
+import numpy as np
+import torch
+from mmengine import dist
+from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS
+
+
+def get_random_state() -> dict:
+    state = dict(python=random.getstate(), numpy=np.random.get_state(),
+                 torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+@HOOKS.register_module()
+class RandomStateHook(Hook):
+    """Stores every rank's python/numpy/torch RNG state in the checkpoint (``random_state``)
+    and, on resume, restores it just before the next training epoch starts — the point where
+    a straight run would continue with that state. mmengine itself only re-seeds on resume,
+    so drop-path and other in-model randomness would otherwise differ after a resume.
+    Augmentations are made independent of process history by ``SeededDataset``.
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self):
+        self._pending = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['random_state'] = dist.all_gather_object(get_random_state())
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        states = checkpoint.get('random_state')
+        if states and getattr(runner, '_resume', False):
+            rank = dist.get_rank()
+            self._pending = states[rank] if rank < len(states) else states[0]
+
+    def before_train_epoch(self, runner) -> None:
+        if self._pending is not None:
+            set_random_state(self._pending)
+            self._pending = None

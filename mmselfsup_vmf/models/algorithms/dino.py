@@ -1,0 +1,34 @@
+"""DINO and DINO-vMF (the same algorithm; DINO-vMF is ``DINOLoss(vmf=True, ...)``)."""
+from typing import Dict, List
+
+import torch
+from mmpretrain.registry import MODELS
+
+from .self_distillation import SelfDistillation
+
+
+@MODELS.register_module()
+class DINO(SelfDistillation):
+    """DINO (Caron et al. 2021) with the DINO-vMF switch in its loss.
+
+    Student: every view -> backbone CLS -> DINOHead scores; teacher: the global views.
+    ``loss_dino`` is the multi-view cross-entropy; the teacher-distribution statistics are
+    returned too (``teacher_entropy``, ``teacher_unique_argmax``) so they are logged.
+    """
+
+    def distillation_loss(self, views: List[torch.Tensor],
+                          data_samples: List) -> Dict[str, torch.Tensor]:
+        g = self.num_global_views
+        with torch.no_grad():
+            t_cls, _ = self.embed_views(self.teacher.module, views[:g])
+            t_head = self.teacher.module['head']
+            teacher_scores = [t_head(c) for c in t_cls]
+            teacher_norms = t_head.prototype_norms()
+        s_cls, _ = self.embed_views(self._student_modules(), views)
+        student_scores = [self.head(c) for c in s_cls]
+        loss = self.loss_module(student_scores, teacher_scores, self.teacher_temperature(),
+                                student_norms=self.head.prototype_norms(),
+                                teacher_norms=teacher_norms)
+        stats = self.loss_module.last_stats
+        return dict(loss_dino=loss, teacher_entropy=stats['entropy'],
+                    teacher_unique_argmax=stats['unique_argmax'])

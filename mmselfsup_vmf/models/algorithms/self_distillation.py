@@ -1,0 +1,190 @@
+"""The shared self-distillation machinery: student, EMA teacher, multi-crop forward.
+
+DINO, DINO-vMF, iBOT, iBOT-vMF, SimDINO and SimDINOv2 subclass ``SelfDistillation`` and only
+say how head outputs become a loss.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.logging import MessageHub
+from mmpretrain.models.selfsup.base import BaseSelfSupervisor
+from mmpretrain.models.utils import CosineEMA
+from mmpretrain.registry import MODELS
+from torch import nn
+
+from ..utils.schedules import teacher_temperature
+
+
+def current_epoch() -> int:
+    """The runner's epoch (mmengine's RuntimeInfoHook keeps it in the MessageHub); 0 outside."""
+    return int(MessageHub.get_current_instance().get_info('epoch', 0) or 0)
+
+
+def split_tokens(out: torch.Tensor, num_extra_tokens: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(CLS, patch tokens) of a backbone output: (B, C) -> (x, None); (B, L, C) -> split."""
+    if out.dim() == 2:
+        return out, None
+    if out.dim() == 3:
+        return out[:, 0], out[:, num_extra_tokens:]
+    raise ValueError(
+        f'backbone output of shape {tuple(out.shape)} is neither (B, C) nor (B, L, C); for a '
+        "CNN add a pooling neck (e.g. neck=dict(type='GlobalAveragePooling')), for a ViT use "
+        "out_type='cls_token' or 'raw'")
+
+
+def group_by_size(views: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
+    """[start, end) runs of consecutive views with the same shape (one backbone call each)."""
+    runs, start = [], 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or views[i].shape[1:] != views[start].shape[1:]:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
+class SelfDistillation(BaseSelfSupervisor):
+    """Student (backbone [+ neck] + head) and an EMA teacher of the same modules.
+
+    Args:
+        backbone, neck, head: configs as in mmpretrain; the head is this project's DINOHead.
+        loss: config of the loss module (``self.loss_module``).
+        num_global_views: the first views of each sample are the global crops; only they go
+            through the teacher.
+        teacher_momentum / teacher_momentum_end: DINO's convention (0.996 -> 1, cosine per
+            iteration). mmpretrain's ``CosineEMA`` takes the update weight 1 - m; the
+            conversion happens here.
+        teacher_temp: DINO's teacher temperature schedule ``dict(start, end, warmup_epochs)``.
+
+    The teacher is updated at the start of each training step from the student as left by the
+    previous optimiser step (mmpretrain's MoCoV3 pattern, which also works under DDP), so the
+    teacher used in step t equals DINO's teacher after its update at the end of step t - 1.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 loss: dict,
+                 neck: Optional[dict] = None,
+                 num_global_views: int = 2,
+                 teacher_momentum: float = 0.996,
+                 teacher_momentum_end: float = 1.0,
+                 teacher_temp: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg=None):
+        if num_global_views < 1:
+            raise ValueError(f'num_global_views must be >= 1 (the teacher sees the global '
+                             f'crops), got {num_global_views}')
+        if not 0.0 <= teacher_momentum <= teacher_momentum_end <= 1.0:
+            raise ValueError('need 0 <= teacher_momentum <= teacher_momentum_end <= 1, got '
+                             f'{teacher_momentum} and {teacher_momentum_end}')
+        super().__init__(backbone=backbone, neck=neck, head=head,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.loss_module = MODELS.build(loss)
+        self.num_global_views = num_global_views
+        self.teacher_temp_cfg = dict(start=0.04, end=0.04, warmup_epochs=0)
+        self.teacher_temp_cfg.update(teacher_temp or {})
+        self.teacher = CosineEMA(self._student_modules(), momentum=1.0 - teacher_momentum,
+                                 end_momentum=1.0 - teacher_momentum_end)
+        self.teacher.train(False)
+
+    # ----------------------------------------------------------------- student / teacher
+    def _student_modules(self) -> nn.ModuleDict:
+        parts = dict(backbone=self.backbone, head=self.head)
+        if self.neck is not None:
+            parts['neck'] = self.neck
+        return nn.ModuleDict(parts)
+
+    def init_weights(self):
+        super().init_weights()
+        self.sync_teacher()
+
+    @torch.no_grad()
+    def sync_teacher(self) -> None:
+        """Copy the student into the teacher (after initialisation)."""
+        self.teacher.module.load_state_dict(self._student_modules().state_dict())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.train(False)  # the teacher is always in eval mode (no drop-path)
+        return self
+
+    def teacher_temperature(self) -> float:
+        cfg = self.teacher_temp_cfg
+        return teacher_temperature(current_epoch(), cfg['warmup_epochs'], cfg['start'],
+                                   cfg['end'])
+
+    def embed(self, modules: nn.ModuleDict, x: torch.Tensor,
+              mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Backbone (+ neck) features of one batch of same-size crops -> (CLS, patches)."""
+        backbone = modules['backbone']
+        out = backbone(x) if mask is None else backbone(x, mask=mask)
+        if 'neck' in modules:
+            out = modules['neck'](out)
+        out = out[-1] if isinstance(out, (tuple, list)) else out
+        return split_tokens(out, getattr(backbone, 'num_extra_tokens', 1))
+
+    def embed_views(self, modules: nn.ModuleDict, views: Sequence[torch.Tensor],
+                    masks: Optional[Sequence[torch.Tensor]] = None):
+        """Run consecutive same-size views in one call; returns per-view (CLS, patches)."""
+        cls_out, patch_out = [], []
+        for start, end in group_by_size(views):
+            x = torch.cat(list(views[start:end]))
+            m = None
+            if masks is not None and start < len(masks):
+                if end > len(masks):
+                    raise ValueError('masks must cover whole groups of same-size views')
+                m = torch.cat(list(masks[start:end]))
+            cls, patches = self.embed(modules, x, m)
+            cls_out.extend(cls.chunk(end - start))
+            patch_out.extend([None] * (end - start) if patches is None else
+                             patches.chunk(end - start))
+        return cls_out, patch_out
+
+    def check_views(self, inputs) -> List[torch.Tensor]:
+        if isinstance(inputs, torch.Tensor):
+            inputs = [inputs]
+        views = list(inputs)
+        if len(views) < self.num_global_views:
+            raise ValueError(
+                f'{type(self).__name__} expects at least num_global_views='
+                f'{self.num_global_views} views per sample but the pipeline produced '
+                f'{len(views)}; check MultiView(num_views=...) in the data pipeline')
+        return views
+
+    def global_masks(self, data_samples) -> Optional[List[torch.Tensor]]:
+        """Per global view, the (B, h, w) bool masks that ``MaskedSelfSupDataPreprocessor``
+        attached to each data sample as ``mask`` (num_global_views, h, w); None if absent."""
+        if not data_samples or not hasattr(data_samples[0], 'mask'):
+            return None
+        masks = torch.stack([ds.mask for ds in data_samples])  # (B, G, h, w)
+        if masks.dim() != 4 or masks.shape[1] != self.num_global_views:
+            raise ValueError(f'data_samples[i].mask must have shape (num_global_views='
+                             f'{self.num_global_views}, h, w), got {tuple(masks.shape[1:])}')
+        return [masks[:, g].bool() for g in range(self.num_global_views)]
+
+    # ----------------------------------------------------------------- public API
+    def update_teacher(self) -> None:
+        with torch.no_grad():
+            self.teacher.update_parameters(self._student_modules())
+
+    @torch.no_grad()
+    def knn_features(self, data_batch: dict, key: str = 'teacher') -> torch.Tensor:
+        """CLS features (B, C) of the teacher (or student) backbone for k-NN evaluation."""
+        if key not in ('teacher', 'student'):
+            raise ValueError(f"key must be 'teacher' or 'student', got {key!r}")
+        data = self.data_preprocessor(data_batch, False)
+        inputs = data['inputs']
+        x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        modules = self.teacher.module if key == 'teacher' else self._student_modules()
+        cls, _ = self.embed(modules, x)
+        return cls.float()
+
+    def loss(self, inputs: List[torch.Tensor], data_samples: List) -> Dict[str, torch.Tensor]:
+        views = self.check_views(inputs)
+        if self.training:
+            self.update_teacher()
+        return self.distillation_loss(views, data_samples)
+
+    def distillation_loss(self, views: List[torch.Tensor],
+                          data_samples: List) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
