@@ -156,7 +156,7 @@ def main():
     for name in ('cholesky (auto form)', 'cholesky d×d', 'slogdet d×d'):
         cost = max(rate[args.batch][name], after[name])
         print(f'  rate term ({name}, n={args.batch}): {cost * 1e3:.2f} ms '
-              f'= {100 * cost / step:.3f} % of the step (target <= 2 %)')
+              f'= {100 * cost / step:.4f} % of the step (target <= 2 %)')
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@ and forward only (teacher side, no grad).
     python benchmarks/bench_vmf_normalizer.py [--num-prototypes 65536] [--dim 256]
         [--device cpu] [--threads 2] [--repeats 50]
 
-Prints the median time of each variant and the exact/debye ratio measured in the same run.
+Prints the median time of each variant and the exact/debye ratio measured in the same run
+(interleaved rounds, so background load hits both alike).
 """
 import argparse
 import statistics
@@ -15,19 +16,23 @@ import torch
 from mmselfsup_vmf.models.losses.vmf import vmf_log_normalizer
 
 
-def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    for _ in range(3):  # warm-up (caches, allocator, CUDA context)
-        fn()
-    times = []
+def _median_ms(fns, repeats: int, device: torch.device):
+    """Median wall time (ms) of each function; the functions are interleaved in every round so
+    that load from other processes affects all of them alike."""
+    for fn in fns:  # warm-up (caches, allocator, CUDA context)
+        for _ in range(3):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for fn, fn_times in zip(fns, times):
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
+            fn_times.append(time.perf_counter() - start)
+    return [1e3 * statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -61,8 +66,7 @@ def main() -> None:
     print(f'K={args.num_prototypes} p={args.dim} float32 input, device={device}, '
           f'threads={torch.get_num_threads()}, median of {args.repeats}')
     for label, make in (('forward+backward', forward_backward), ('forward only', forward_only)):
-        exact = _median_ms(make('exact'), args.repeats, device)
-        debye = _median_ms(make('debye'), args.repeats, device)
+        exact, debye = _median_ms([make('exact'), make('debye')], args.repeats, device)
         print(f'{label:>17}: exact {exact:7.3f} ms   debye {debye:7.3f} ms   '
               f'ratio exact/debye {exact / debye:5.2f}')
 

@@ -1,22 +1,22 @@
-# DINO on the CPU demo data: a tiny ViT (patch 4, 96-d, 4 layers) on 28 px Fashion-MNIST.
+# DINO on the CPU demo data: a tiny ViT (patch 7, 64-d, 4 layers) on 28 px Fashion-MNIST.
 _base_ = [
     '../_base_/datasets/fashion_mnist_demo.py',
     '../_base_/schedules/adamw_coslr_coswd.py',
     '../_base_/demo_runtime.py',
 ]
-num_prototypes = 1024
+num_prototypes = 256
 model = dict(
     type='DINO',
-    backbone=dict(type='VisionTransformer', img_size=28, patch_size=4, out_type='cls_token',
-                  arch=dict(embed_dims=96, num_layers=4, num_heads=3, feedforward_channels=192)),
-    head=dict(type='DINOHead', in_channels=96, hidden_channels=512, bottleneck_channels=128,
+    backbone=dict(type='VisionTransformer', img_size=28, patch_size=7, out_type='cls_token',
+                  arch=dict(embed_dims=64, num_layers=4, num_heads=4, feedforward_channels=128)),
+    head=dict(type='DINOHead', in_channels=64, hidden_channels=256, bottleneck_channels=64,
               num_prototypes=num_prototypes, norm_last_layer=True),
-    loss=dict(type='DINOLoss', num_prototypes=num_prototypes, dim=128, centering='logit'),
+    loss=dict(type='DINOLoss', num_prototypes=num_prototypes, dim=64, centering='logit'),
     teacher_momentum=0.99,
     teacher_temp=dict(start=0.04, end=0.04, warmup_epochs=0),
     data_preprocessor={{_base_.data_preprocessor}})
 
-max_epochs = 4
+max_epochs = 3
 warmup_epochs = 1
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
@@ -28,7 +28,7 @@ param_scheduler = [
          by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=max_epochs)
-auto_scale_lr = dict(base_batch_size=128, enable=True)
+auto_scale_lr = dict(base_batch_size=64, enable=True)
 custom_hooks = [
     dict(type='RandomStateHook'),
     dict(type='FreezeLastLayerHook', epochs=0),

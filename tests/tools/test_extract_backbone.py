@@ -44,7 +44,8 @@ def randomize(module, seed):
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return module.eval()
+    module.eval()  # mmpretrain backbones' train() returns None
+    return module
 
 
 def tiny_vit(seed, cls=VisionTransformer, **kwargs):
@@ -112,7 +113,8 @@ def test_teacher_export_loads_strictly_and_matches_teacher_features(tmp_path):
             saved['meta']['patch_size']) == (EMBED, DEPTH, PATCH)
     assert set(out['state_dict']) == set(teacher.state_dict())
 
-    fresh = VisionTransformer(arch=ARCH, img_size=IMG, patch_size=PATCH).eval()
+    fresh = VisionTransformer(arch=ARCH, img_size=IMG, patch_size=PATCH)
+    fresh.eval()
     result = fresh.load_state_dict(saved['state_dict'], strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     x = images()
@@ -157,7 +159,8 @@ def test_mask_token_dropped_registers_kept_for_maskedvit(tmp_path):
     assert out['meta']['dropped_keys'] == ['mask_token']
     assert out['meta']['num_register_tokens'] == 2
 
-    target = MaskedViT(arch=ARCH, img_size=IMG, patch_size=PATCH, num_register_tokens=2).eval()
+    target = MaskedViT(arch=ARCH, img_size=IMG, patch_size=PATCH, num_register_tokens=2)
+    target.eval()
     result = target.load_state_dict(state, strict=False)
     assert result.missing_keys == ['mask_token'] and not result.unexpected_keys
     x = images()
@@ -302,12 +305,13 @@ def test_official_checkpoints_convert_to_mmpretrain_vit(tmp_path, case):
     kwargs = dict(layer_scale_init_value=0.1) if ls else {}
     if num_registers:
         vit = MaskedViT(arch=ARCH, img_size=IMG, patch_size=PATCH,
-                        num_register_tokens=num_registers, **kwargs).eval()
+                        num_register_tokens=num_registers, **kwargs)
         result = vit.load_state_dict(out['state_dict'], strict=False)
         assert result.missing_keys == ['mask_token'] and not result.unexpected_keys
     else:
-        vit = VisionTransformer(arch=ARCH, img_size=IMG, patch_size=PATCH, **kwargs).eval()
+        vit = VisionTransformer(arch=ARCH, img_size=IMG, patch_size=PATCH, **kwargs)
         vit.load_state_dict(out['state_dict'], strict=True)
+    vit.eval()
     x = images(seed=1)
     expected = reference_vit_cls(ref_state, x, HEADS, ls=ls or ('ls1.gamma', 'ls2.gamma'),
                                  num_registers=num_registers)

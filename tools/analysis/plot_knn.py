@@ -115,7 +115,11 @@ def plot_knn(path: str, out: Optional[str] = None) -> Tuple[Dict[str, Series], s
     if out is None:
         base = path if osp.isdir(path) else osp.dirname(osp.abspath(path))
         out = osp.join(base, 'knn_and_losses.png')
-    return series, plot_scalars(series, out, title=osp.basename(osp.normpath(path)))
+    run = osp.abspath(path)
+    if osp.isfile(run):  # <work_dir>/<timestamp>/vis_data/scalars.json -> <timestamp>
+        parent = osp.dirname(run)
+        run = osp.dirname(parent) if osp.basename(parent) == 'vis_data' else run
+    return series, plot_scalars(series, out, title=osp.basename(run))
 
 
 def main(argv=None) -> int:

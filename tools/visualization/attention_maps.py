@@ -61,7 +61,8 @@ def build_backbone(config: str, cfg_options: Optional[dict] = None):
     preprocessor = cfg.model.get('data_preprocessor') or {}
     mean = tuple(preprocessor.get('mean', IMAGENET_MEAN))
     std = tuple(preprocessor.get('std', IMAGENET_STD))
-    return backbone.eval(), mean, std
+    backbone.eval()  # (mmpretrain backbones' train()/eval() return None)
+    return backbone, mean, std
 
 
 def load_backbone_weights(backbone: torch.nn.Module, checkpoint: str, key: str = 'teacher'):

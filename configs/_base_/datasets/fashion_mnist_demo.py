@@ -1,5 +1,5 @@
 # The embedded demo data: Debian's dataset-fashion-mnist (28 px grey, 10 classes), in memory.
-# Global crops 28 px, local crops 12 px; a k-NN probe on held-out images runs before and
+# Global crops 28 px, local crops 14 px; a k-NN probe on held-out images runs before and
 # after training (KNNHook) so the demo shows what was learned.
 data_root = '/usr/share/datasets/fashion-mnist'
 image_size = 28
@@ -7,13 +7,13 @@ data_preprocessor = dict(
     type='SelfSupDataPreprocessor', mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0],
     to_rgb=False)
 train_pipeline = [
-    dict(type='MultiCrop', num_global=2, num_local=2, global_size=image_size, local_size=12,
+    dict(type='MultiCrop', num_global=2, num_local=2, global_size=image_size, local_size=14,
          global_scale=(0.4, 1.0), local_scale=(0.1, 0.4), global_blur_probs=(0.5, 0.1),
          local_blur_prob=0.2, interpolation='bilinear'),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(
-    batch_size=128,
+    batch_size=64,
     num_workers=0,
     drop_last=True,
     sampler=dict(type='EpochIndexSampler', shuffle=True),

@@ -78,6 +78,7 @@ class KNNHook(Hook):
         self.device = device
         self.progress = progress
         self.last_result: Optional[Dict[str, float]] = None
+        self.history = []  # [(stage, result), ...] for tools/demo.py's before/after summary
 
     # ---- triggers -------------------------------------------------------------------------
     def before_train(self, runner) -> None:
@@ -142,6 +143,7 @@ class KNNHook(Hook):
         step = runner.iter if step is None else step
         self._log(runner, result, stage, step, len(train_y), len(val_y))
         self.last_result = result
+        self.history.append((stage, result))
         return result
 
     def _log(self, runner, result: Dict[str, float], stage: str, step: int, num_train: int,

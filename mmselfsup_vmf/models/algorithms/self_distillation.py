@@ -42,6 +42,24 @@ def group_by_size(views: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
     return runs
 
 
+class TeacherEMA(CosineEMA):
+    """mmpretrain's CosineEMA, usable outside a Runner too: without ``max_iters`` in the
+    MessageHub (unit tests, benchmarks) it keeps the start momentum.
+
+    Step index (fix): ``update_parameters`` copies the student on its first call
+    (``steps == 0``) and averages on call ``k >= 1``, which is DINO's update at the end of
+    iteration ``k - 1`` (``momentum_schedule[k - 1]``, 0.996 first), so the cosine is
+    evaluated at ``k - 1``; plain ``CosineEMA`` used ``k``, one iteration ahead.
+    """
+
+    def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
+                 steps: int) -> None:
+        if MessageHub.get_current_instance().get_info('max_iters') is None:
+            averaged_param.lerp_(source_param, self.momentum)
+            return
+        super().avg_func(averaged_param, source_param, steps - 1)
+
+
 class SelfDistillation(BaseSelfSupervisor):
     """Student (backbone [+ neck] + head) and an EMA teacher of the same modules.
 
@@ -83,7 +101,7 @@ class SelfDistillation(BaseSelfSupervisor):
         self.num_global_views = num_global_views
         self.teacher_temp_cfg = dict(start=0.04, end=0.04, warmup_epochs=0)
         self.teacher_temp_cfg.update(teacher_temp or {})
-        self.teacher = CosineEMA(self._student_modules(), momentum=1.0 - teacher_momentum,
+        self.teacher = TeacherEMA(self._student_modules(), momentum=1.0 - teacher_momentum,
                                  end_momentum=1.0 - teacher_momentum_end)
         self.teacher.train(False)
 

@@ -6,3 +6,4 @@ from .simdino_loss import (SimDINOLoss, alignment_cosine, default_gamma,  # noqa
                            masked_patch_cosine_loss, masked_patch_cosine_loss_gathered,
                            patch_mask_weights, simdino_loss_terms)
 from .vmf import vmf_log_normalizer, vmf_mean_resultant_length  # noqa: F401
+from .ibot_loss import iBOTPatchLoss, masked_patch_cross_entropy  # noqa: F401

@@ -134,10 +134,13 @@ class PrototypeDistillation(BaseModule):
                              norms: Optional[torch.Tensor] = None):
         """Returns (centred probabilities q, uncentred probabilities) of the teacher."""
         with fp32_no_autocast(scores.device.type):
-            if self.centering == 'logit':
-                scores = self.center.center_scores(scores.float())
             logits = self._logits(scores, temp, norms)
             raw = torch.softmax(logits, dim=-1)
+            if self.centering == 'logit':
+                # (fix) the second output must be the *uncentred* softmax in this mode too;
+                # it used to be computed from the centred scores, i.e. equal to q.
+                centred = self._logits(self.center.center_scores(scores.float()), temp, norms)
+                return torch.softmax(centred, dim=-1), raw
             if self.centering == 'probability':
                 return torch.softmax(self.center.center_logits(logits), dim=-1), raw
             return raw, raw

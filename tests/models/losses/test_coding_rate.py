@@ -159,7 +159,7 @@ def test_near_collapsed_batch_under_autocast():
         rate.backward()
         assert rate.dtype == torch.float32 and torch.isfinite(rate)
         assert torch.isfinite(z_low.grad.float()).all()
-        # fp32 Cholesky adds ~1e-5 (spec: 4.9214287) to what the rounding of the features already did
+        # fp32 Cholesky adds ~1e-5 (spec: 4.9214287) to what rounding the features did
         ref_rounded = np_rate(z_low.detach().double().numpy(), 0.05)
         assert abs(rate.item() / ref_rounded - 1) < 1e-4, dtype
         if dtype == torch.float16:
@@ -167,6 +167,10 @@ def test_near_collapsed_batch_under_autocast():
         else:
             # bf16 rounding of near-collapsed features alone moves R by ~+0.14 %
             assert abs(rate.item() / ref - 1) < 3e-3
+        # n < d: the n×n Gram (Sylvester) form, same accuracy
+        with torch.autocast('cpu', dtype=dtype):
+            rate = coding_rate(z64[:64].float(), 0.05)
+        assert abs(rate.item() / np_rate(z64[:64].numpy(), 0.05) - 1) < 1e-4, dtype
 
 
 # ---------------------------------------------------------------- errors

@@ -56,7 +56,8 @@ def np_grad(student_raw, teacher_raw, h=1e-6, **kw):
         plus, minus = student_raw.copy(), student_raw.copy()
         plus[idx] += h
         minus[idx] -= h
-        grad[idx] = (np_total(plus, teacher_raw, **kw) - np_total(minus, teacher_raw, **kw)) / (2 * h)
+        grad[idx] = (np_total(plus, teacher_raw, **kw)
+                     - np_total(minus, teacher_raw, **kw)) / (2 * h)
     return grad
 
 

@@ -1,0 +1,117 @@
+"""iBOT and iBOT-vMF (the same algorithm; iBOT-vMF sets ``vmf=True`` and probability
+centering in both losses)."""
+from typing import Dict, List, Optional
+
+import torch
+from mmpretrain.registry import MODELS
+
+from ..utils.schedules import teacher_temperature
+from .self_distillation import SelfDistillation, current_epoch
+
+
+@MODELS.register_module()
+class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
+    """iBOT (Zhou et al. 2022): DINO's CLS self-distillation plus masked patch distillation.
+
+    Student: the global views with their block masks (the masked patch embeddings are replaced
+    by the backbone's mask token) and the local views without masks. Teacher: the unmasked
+    global views. The loss is
+
+    ``lambda_cls * DINO CLS loss (all student views)
+    + lambda_patch * patch loss (teacher patches of view g vs masked student view g)``;
+
+    local crops feed only the CLS term. The masks come from ``MaskedSelfSupDataPreprocessor``
+    (``data_samples[i].mask``, one (h, w) mask per global view); the backbone must return all
+    tokens (``MaskedViT(out_type='raw')``).
+
+    Args (in addition to ``SelfDistillation``'s):
+        patch_loss: config of the patch loss (``iBOTPatchLoss``), with its own centre.
+        teacher_patch_temp: the teacher patch temperature schedule ``dict(start, end,
+            warmup_epochs)`` (iBOT: 0.04 -> ``teacher_patch_temp`` 0.07 over the same warm-up
+            epochs as the CLS temperature).
+        shared_head_teacher: the teacher's patch tokens use its CLS prototype layer
+            ``last_layer`` (iBOT's ``--shared_head_teacher``, default True). The student's
+            patch tokens use ``last_layer2`` when the head has one (``num_patch_prototypes``,
+            iBOT's ``--shared_head False``), else ``last_layer``.
+        lambda_cls, lambda_patch: iBOT's ``lambda1`` and ``lambda2`` (1.0 and 1.0).
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 loss: dict,
+                 patch_loss: dict,
+                 neck: Optional[dict] = None,
+                 teacher_patch_temp: Optional[dict] = None,
+                 shared_head_teacher: bool = True,
+                 lambda_cls: float = 1.0,
+                 lambda_patch: float = 1.0,
+                 **kwargs):
+        super().__init__(backbone=backbone, head=head, loss=loss, neck=neck, **kwargs)
+        self.patch_loss_module = MODELS.build(patch_loss)
+        self.teacher_patch_temp_cfg = dict(start=0.04, end=0.07, warmup_epochs=30)
+        self.teacher_patch_temp_cfg.update(teacher_patch_temp or {})
+        self.shared_head_teacher = bool(shared_head_teacher)
+        self.lambda_cls = float(lambda_cls)
+        self.lambda_patch = float(lambda_patch)
+        self._check_prototype_counts()
+
+    def _check_prototype_counts(self) -> None:
+        head = self.head
+        if getattr(head, 'last_layer', None) is None:
+            raise ValueError('iBOT needs a head with prototypes (DINOHead with num_prototypes)')
+        cls_k = head.last_layer.weight.shape[0]
+        student_k = head.last_layer2.weight.shape[0] if head.last_layer2 is not None else cls_k
+        teacher_k = cls_k if self.shared_head_teacher else student_k
+        patch_k = self.patch_loss_module.num_prototypes
+        if student_k != patch_k or teacher_k != patch_k:
+            raise ValueError(
+                f'patch prototypes disagree: student head {student_k}, teacher head {teacher_k} '
+                f'(shared_head_teacher={self.shared_head_teacher}), patch_loss.num_prototypes '
+                f'{patch_k}; with shared_head_teacher=True num_patch_prototypes must equal '
+                'num_prototypes')
+
+    def teacher_patch_temperature(self) -> float:
+        cfg = self.teacher_patch_temp_cfg
+        return teacher_temperature(current_epoch(), cfg['warmup_epochs'], cfg['start'],
+                                   cfg['end'])
+
+    def distillation_loss(self, views: List[torch.Tensor],
+                          data_samples: List) -> Dict[str, torch.Tensor]:
+        g = self.num_global_views
+        masks = self.global_masks(data_samples)
+        if masks is None:
+            raise ValueError('iBOT needs the masks of the global views in data_samples[i].mask; '
+                             "use data_preprocessor=dict(type='MaskedSelfSupDataPreprocessor', "
+                             '...)')
+        cls_vmf, patch_vmf = self.loss_module.vmf, self.patch_loss_module.vmf
+        with torch.no_grad():
+            t_cls, t_patch = self.embed_views(self.teacher.module, views[:g])
+            if any(p is None for p in t_patch):
+                raise ValueError("iBOT needs the backbone's patch tokens: use "
+                                 "MaskedViT(out_type='raw')")
+            t_head = self.teacher.module['head']
+            t_patch_layer = not self.shared_head_teacher
+            teacher_cls = [t_head(c) for c in t_cls]
+            teacher_patch = [t_head(p, patch=t_patch_layer) for p in t_patch]
+            t_norms = t_head.prototype_norms() if cls_vmf else None
+            t_patch_norms = t_head.prototype_norms(patch=t_patch_layer) if patch_vmf else None
+        s_cls, s_patch = self.embed_views(self._student_modules(), views, masks)
+        student_cls = [self.head(c) for c in s_cls]
+        student_patch = [self.head(p, patch=True) for p in s_patch[:g]]
+
+        loss_cls = self.loss_module(student_cls, teacher_cls, self.teacher_temperature(),
+                                    student_norms=self.head.prototype_norms() if cls_vmf else None,
+                                    teacher_norms=t_norms)
+        cls_stats = self.loss_module.last_stats
+        loss_patch = self.patch_loss_module(
+            student_patch, teacher_patch, masks, self.teacher_patch_temperature(),
+            student_norms=self.head.prototype_norms(patch=True) if patch_vmf else None,
+            teacher_norms=t_patch_norms)
+        patch_stats = self.patch_loss_module.last_stats
+        return dict(loss_cls=self.lambda_cls * loss_cls,
+                    loss_patch=self.lambda_patch * loss_patch,
+                    teacher_entropy=cls_stats['entropy'],
+                    teacher_unique_argmax=cls_stats['unique_argmax'],
+                    patch_teacher_entropy=patch_stats['entropy'],
+                    patch_teacher_unique_argmax=patch_stats['unique_argmax'])

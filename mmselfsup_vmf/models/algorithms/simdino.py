@@ -1,0 +1,146 @@
+"""SimDINO and SimDINOv2 (Wu et al., "Simplifying DINO via Coding Rate Regularization").
+
+Both drop DINO's prototypes, softmax, temperatures and centering: the head returns
+L2-normalised features and the loss is a cosine alignment minus a coding-rate term
+(:class:`~mmselfsup_vmf.models.losses.SimDINOLoss`). SimDINOv2 adds DINOv2's masked
+student global crops with a negative-cosine loss on the masked patch tokens.
+"""
+from typing import Dict, List, Optional
+
+import torch
+from mmpretrain.registry import MODELS
+
+from ..losses import masked_patch_cosine_loss_gathered, patch_mask_weights
+from .self_distillation import SelfDistillation
+
+
+def check_per_gpu_batch(views: List[torch.Tensor], name: str) -> None:
+    """The coding rate of one sample per rank is degenerate: fail before the forward."""
+    batch = views[0].shape[0]
+    if batch < 2:
+        raise ValueError(
+            f'{name} needs at least 2 images per GPU for its coding-rate term, got a per-GPU '
+            f'batch of {batch}; increase train_dataloader.batch_size')
+
+
+@MODELS.register_module()
+class SimDINO(SelfDistillation):
+    """SimDINO: student CLS of every view vs. the teacher CLS of the global views.
+
+    Student: all V views -> backbone CLS -> DINOHead (``num_prototypes=None``: the unit-norm
+    bottleneck); teacher: the ``num_global_views`` global views, same modules (EMA).
+    The loss module (``SimDINOLoss``) receives the student outputs ordered
+    [global0, global1, local0, ...] and the teacher outputs [global0, global1], and returns
+    ``loss_comp`` (−coeff · mean cosine), ``loss_expa`` (−γ · coding rate) and the
+    logging values ``comp`` / ``expa`` (the official ``comp_loss`` / ``expa_loss``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.head, 'last_layer', None) is not None:
+            raise ValueError(
+                f'{type(self).__name__} uses the normalised head features directly: build '
+                'the head with num_prototypes=None (no prototype layer)')
+        loss_views = getattr(self.loss_module, 'num_global', self.num_global_views)
+        if loss_views != self.num_global_views:
+            raise ValueError(f'loss.num_global={loss_views} differs from the model\'s '
+                             f'num_global_views={self.num_global_views}')
+
+    def cls_outputs(self, views: List[torch.Tensor]):
+        """Head outputs of the student (all views) and teacher (global views), per view."""
+        g = self.num_global_views
+        with torch.no_grad():
+            t_cls, _ = self.embed_views(self.teacher.module, views[:g])
+            teacher = self.teacher.module['head'](torch.cat(t_cls)).chunk(g)
+        s_cls, _ = self.embed_views(self._student_modules(), views)
+        student = self.head(torch.cat(s_cls)).chunk(len(views))
+        return list(student), list(teacher)
+
+    def distillation_loss(self, views: List[torch.Tensor],
+                          data_samples: List) -> Dict[str, torch.Tensor]:
+        check_per_gpu_batch(views, type(self).__name__)
+        student, teacher = self.cls_outputs(views)
+        return dict(self.loss_module(student, teacher))
+
+
+@MODELS.register_module()
+class SimDINOv2(SimDINO):
+    """SimDINOv2: SimDINO's CLS loss on masked student global crops + a masked-patch term.
+
+    Half of the global crops are block-masked by ``MaskedSelfSupDataPreprocessor``
+    (``mask_mode='stratified'``, ratios 0.1-0.5); the student sees them with the masked
+    patch embeddings replaced by the backbone's ``mask_token`` (a ``MaskedViT`` with
+    ``out_type='raw'``), the teacher sees the unmasked crops. One shared head embeds the
+    CLS tokens and the masked patch tokens (official ``separate_head: false``).
+
+        L = −coeff·comp − γ·mean_g R_g + patch_loss_weight · L_patch,
+        L_patch = −(1/B_g) Σ_i (1/|M_i|) Σ_{p∈M_i} cos(z^s_{i,p}, z^t_{i,p}),
+
+    with B_g = num_global_views · m counting every global crop, masked or not (official
+    ``CosinePatchLoss.forward_masked``). No KoLeo, no centering.
+
+    Args:
+        patch_loss_weight: weight of ``loss_patch`` (official ``ibot.loss_weight`` 1.0).
+        teacher_momentum: SimDINOv2 starts the EMA at 0.9 (DINOv2: 0.992).
+        Others as :class:`SelfDistillation`.
+    """
+
+    def __init__(self, *args, patch_loss_weight: float = 1.0,
+                 teacher_momentum: float = 0.9, **kwargs):
+        super().__init__(*args, teacher_momentum=teacher_momentum, **kwargs)
+        if not patch_loss_weight >= 0:
+            raise ValueError(f'patch_loss_weight must be >= 0, got {patch_loss_weight!r}')
+        self.patch_loss_weight = float(patch_loss_weight)
+
+    def flat_global_masks(self, data_samples, views) -> torch.Tensor:
+        """The masks of the global crops as (G·m, N) bool, view-major like the crops."""
+        masks: Optional[List[torch.Tensor]] = self.global_masks(data_samples)
+        if masks is None:
+            raise ValueError(
+                'SimDINOv2 needs the masks of the global crops: use data_preprocessor='
+                "dict(type='MaskedSelfSupDataPreprocessor', mask_mode='stratified', ...)")
+        if masks[0].shape[0] != views[0].shape[0]:
+            raise ValueError(f'{masks[0].shape[0]} masks for a batch of {views[0].shape[0]}')
+        return torch.cat([m.flatten(1) for m in masks])
+
+    def patch_tokens(self, patches: List[Optional[torch.Tensor]], num_tokens: int):
+        """Concatenated global-crop patch tokens (G·m, N, C), checked against the masks."""
+        if any(p is None for p in patches):
+            raise ValueError('SimDINOv2 needs patch tokens: build the backbone with '
+                             "out_type='raw' (e.g. MaskedViT)")
+        tokens = torch.cat(patches)
+        if tokens.shape[1] != num_tokens:
+            raise ValueError(f'the backbone returned {tokens.shape[1]} patch tokens per global '
+                             f'crop but the masks have {num_tokens} patches; check '
+                             'data_preprocessor.patch_size against the backbone')
+        return tokens
+
+    def distillation_loss(self, views: List[torch.Tensor],
+                          data_samples: List) -> Dict[str, torch.Tensor]:
+        check_per_gpu_batch(views, type(self).__name__)
+        g, num_views = self.num_global_views, len(views)
+        masks = self.flat_global_masks(data_samples, views)  # (G·m, N)
+        num_cls = num_views * views[0].shape[0]
+
+        with torch.no_grad():
+            t_cls, t_patches = self.embed_views(self.teacher.module, views[:g])
+            t_tokens = self.patch_tokens(t_patches, masks.shape[1])[masks]  # (K, C)
+            t_out = self.teacher.module['head'](torch.cat(t_cls + [t_tokens]))
+            teacher_cls = list(t_out[:len(t_cls) * views[0].shape[0]].chunk(g))
+            teacher_patch = t_out[len(t_cls) * views[0].shape[0]:]
+
+        masks_per_view = list(masks.chunk(g))
+        s_cls, s_patches = self.embed_views(self._student_modules(), views, masks_per_view)
+        s_tokens = self.patch_tokens(s_patches[:g], masks.shape[1])[masks]
+        s_out = self.head(torch.cat(s_cls + [s_tokens]))  # one call, as the official code
+        student_cls = list(s_out[:num_cls].chunk(num_views))
+        student_patch = s_out[num_cls:]
+
+        losses = dict(self.loss_module(student_cls, teacher_cls))
+        weights = patch_mask_weights(masks, student_patch.dtype
+                                     if student_patch.dtype == torch.float64 else torch.float32)
+        loss_patch = masked_patch_cosine_loss_gathered(student_patch, teacher_patch, weights,
+                                                       num_images=masks.shape[0])
+        losses['loss_patch'] = self.patch_loss_weight * loss_patch
+        losses['mask_ratio'] = masks.float().mean().detach()
+        return losses

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command 1: install, then a short CPU pre-training on Fashion-MNIST with k-NN before/after.
+# Usage: tools/demo.sh [--method simdino|dino|dino_vmf|ibot|ibot_vmf|simdinov2] [demo.py args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install.sh cpu
+exec python tools/demo.py "$@"
