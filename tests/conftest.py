@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-# The CI machine has 2 cores; keep torch from oversubscribing them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The CI machine has 2 cores; keep torch from oversubscribing them (MMSV_TEST_THREADS=1 on
+# a busy machine: OpenMP spin-waits make 2 threads far slower than 1 under contention).
+torch.set_num_threads(int(os.environ.get('MMSV_TEST_THREADS', min(2, os.cpu_count() or 1))))
 
 import mmselfsup_vmf  # noqa: E402,F401  (applies shims, registers modules)
 
@@ -13,7 +14,24 @@ import mmselfsup_vmf  # noqa: E402,F401  (applies shims, registers modules)
 def _fresh_message_hub():
     """Each test starts without iteration/epoch info left over from another test."""
     from mmengine.logging import MessageHub
-    hub = MessageHub.get_instance('mmselfsup_vmf_test')
+    hub = MessageHub.get_current_instance()
     for key in ('epoch', 'iter', 'max_iters', 'max_epochs'):
         hub.runtime_info.pop(key, None)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_visualizers():
+    """Runners built in the same second share a timestamp-named Visualizer and logger (mmengine
+    reuses the instances with their old save_dir/log file); forget earlier ones so each test
+    logs where it looks."""
+    from mmengine.logging import MMLogger
+    from mmengine.visualization import Visualizer
+    for name in [n for n in MMLogger._instance_dict if n != 'mmengine']:
+        MMLogger._instance_dict.pop(name)
+    pending = [Visualizer]
+    while pending:  # each subclass (e.g. mmpretrain's UniversalVisualizer) has its own dict
+        cls = pending.pop()
+        cls._instance_dict.clear()
+        pending.extend(cls.__subclasses__())
     yield

@@ -67,8 +67,17 @@ def main(argv=None):
         raise SystemExit(f'error: config file {args.config} does not exist')
     cfg = merge_args(Config.fromfile(args.config), args)
     runner = Runner.from_cfg(cfg)
+    add_checkpoint_check(runner)
     runner.train()
     return runner
+
+
+def add_checkpoint_check(runner: Runner) -> None:
+    """Resuming a checkpoint of another model must fail with one clear line (mmengine only
+    warns about missing/unexpected keys), so every run gets ``CheckpointMatchHook``."""
+    from mmselfsup_vmf.engine.hooks import CheckpointMatchHook
+    if not any(isinstance(h, CheckpointMatchHook) for h in runner.hooks):
+        runner.register_hook(CheckpointMatchHook())
 
 
 if __name__ == '__main__':

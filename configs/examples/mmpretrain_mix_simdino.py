@@ -25,7 +25,9 @@ model = dict(
     teacher_momentum=0.996,
     data_preprocessor={{_base_.data_preprocessor}})
 
-train_dataloader = dict(batch_size=64)
+# mmengine 0.10 tags every dict of a `mmpretrain::` base with `_scope_` and then passes it to
+# the collate function as a keyword (TypeError); restating collate_fn drops the tag
+train_dataloader = dict(batch_size=64, collate_fn=dict(_delete_=True, type='default_collate'))
 
 # plain mmengine optimisation (on GPUs use type='AmpOptimWrapper', loss_scale='dynamic')
 max_epochs = 100

@@ -1,4 +1,4 @@
-# SimDINOv2 on the CPU demo data: a tiny MaskedViT (patch 4 -> 7x7 grid, 96-d, 4 layers, 4
+# SimDINOv2 on the CPU demo data: a tiny MaskedViT (patch 7 -> 4x4 grid, 64-d, 4 layers, 4
 # registers, LayerScale 0.1) on 28 px Fashion-MNIST. Half of the global crops are block-masked
 # (stratified ratios 0.1-0.5); shared head for CLS and masked patch tokens; layer-wise lr decay.
 # Same structure as configs/dino/demo_fashion-mnist.py.
@@ -9,21 +9,21 @@ _base_ = [
 ]
 model = dict(
     type='SimDINOv2',
-    backbone=dict(type='MaskedViT', img_size=28, patch_size=4, out_type='raw',
-                  arch=dict(embed_dims=96, num_layers=4, num_heads=3, feedforward_channels=192),
+    backbone=dict(type='MaskedViT', img_size=28, patch_size=7, out_type='raw',
+                  arch=dict(embed_dims=64, num_layers=4, num_heads=4, feedforward_channels=128),
                   num_register_tokens=4, layer_scale_init_value=0.1, drop_path_rate=0.1,
                   drop_path_uniform=True, mask_token_std=0.0, pos_embed_antialias=True),
-    head=dict(type='DINOHead', in_channels=96, hidden_channels=512, bottleneck_channels=128,
+    head=dict(type='DINOHead', in_channels=64, hidden_channels=256, bottleneck_channels=64,
               num_prototypes=None),
     loss=dict(type='SimDINOLoss', eps=0.05, coeff=1.0, expa_type='mean', reduce_cov=False),
     patch_loss_weight=1.0,
     teacher_momentum=0.99,
     data_preprocessor=dict(
-        type='MaskedSelfSupDataPreprocessor', patch_size=4, mask_mode='stratified',
+        type='MaskedSelfSupDataPreprocessor', patch_size=7, mask_mode='stratified',
         mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)),
         mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0], to_rgb=False))
 
-max_epochs = 4
+max_epochs = 3
 warmup_epochs = 1
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3),
@@ -40,7 +40,7 @@ param_scheduler = [
          by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(max_epochs=max_epochs)
-auto_scale_lr = dict(base_batch_size=128, enable=True)
+auto_scale_lr = dict(base_batch_size=64, enable=True)
 custom_hooks = [
     dict(type='RandomStateHook'),
     dict(type='KNNHook', train_dataloader={{_base_.knn_train_dataloader}},

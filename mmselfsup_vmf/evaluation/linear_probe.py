@@ -11,10 +11,10 @@ no mmpretrain neck concatenates stages, so this subclass computes ``f`` itself. 
 exactly the parameters of ``VisionTransformer``, so an exported backbone loads with no
 missing or unexpected keys.
 """
+import torch
 from mmpretrain.models.backbones import VisionTransformer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
-import torch
 
 
 @MODELS.register_module()

@@ -208,6 +208,7 @@ def test_upernet_layer_wise_lr_decay(exported):
 
 
 # --------------------------------------------------------------------------- run
+@pytest.mark.slow  # 20-40 s each on 2 cores: 150-class losses at 512x512 + sliding-window val
 @pytest.mark.parametrize('name', ['upernet', 'linear'])
 def test_one_training_iteration_and_inference(name, exported, ade_root, tmp_path):
     from mmseg.apis import inference_model, init_model

@@ -155,7 +155,7 @@ def test_errors(tmp_path, astronaut):
         tool.attention_maps(other, ckpt, astronaut, str(tmp_path))
 
 
-def test_cli(tmp_path, astronaut):
+def test_cli(tmp_path, astronaut, capsys):
     config = write_config(tmp_path / 'cfg.py')
     ckpt, _ = write_checkpoint(
         tmp_path / 'ckpt.pth', VisionTransformer(arch=ARCH, img_size=224, patch_size=16), 4)
@@ -165,6 +165,9 @@ def test_cli(tmp_path, astronaut):
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert cv2.imread(str(out / 'astronaut_mean.png')).shape == (64, 64, 3)
-    helped = subprocess.run([sys.executable, TOOL, '--help'], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
-    assert helped.returncode == 0 and '--patch-size' in helped.stdout
+
+    assert tool.main([config, ckpt, str(tmp_path / 'none.png')]) == 1
+    assert capsys.readouterr().err.startswith('error: image not found')
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(['--help'])
+    assert exit_info.value.code == 0 and '--patch-size' in capsys.readouterr().out

@@ -90,13 +90,12 @@ def test_errors(tmp_path):
         tool.plot_knn(str(empty))
 
 
-def test_cli(tmp_path):
+def test_cli(tmp_path, capsys):
     log = write_log(tmp_path / 'vis_data' / 'scalars.json', run_records())
     out = tmp_path / 'p.png'
     run = subprocess.run([sys.executable, TOOL, str(log), '--out', str(out)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert out.is_file() and 'knn/top1: last 30.00 at iter 20, best 30.00' in run.stdout
-    bad = subprocess.run([sys.executable, TOOL, str(tmp_path / 'nope')], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.startswith('error: no such file')
+    assert tool.main([str(tmp_path / 'nope')]) == 1
+    assert capsys.readouterr().err.startswith('error: no such file')

@@ -30,7 +30,7 @@ import os.path as osp
 import re
 import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -157,6 +157,9 @@ def _official_container(ckpt: dict, key: str, path: str) -> dict:
     if other in ckpt and isinstance(ckpt[other], dict):
         raise ValueError(f'{path}: no {key!r} entry in the checkpoint (it has {other!r}); '
                          f'use --key {other}')
+    if key == 'student':
+        raise ValueError(f"{path}: no 'student' entry: a released backbone holds the teacher "
+                         'only; use --key teacher')
     if isinstance(ckpt.get('state_dict'), dict):
         return ckpt['state_dict']  # iBOT's released checkpoint_teacher.pth
     if isinstance(ckpt.get('model'), dict):

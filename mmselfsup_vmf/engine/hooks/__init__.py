@@ -2,3 +2,4 @@ from .knn_hook import KNNHook  # noqa: F401
 from .freeze_last_layer import FreezeLastLayerHook  # noqa: F401
 from .random_state import RandomStateHook  # noqa: F401
 from .prototype_monitor import PrototypeMonitorHook  # noqa: F401
+from .checkpoint_check import CheckpointMatchHook  # noqa: F401

@@ -92,13 +92,15 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
                                  "MaskedViT(out_type='raw')")
             t_head = self.teacher.module['head']
             t_patch_layer = not self.shared_head_teacher
-            teacher_cls = [t_head(c) for c in t_cls]
-            teacher_patch = [t_head(p, patch=t_patch_layer) for p in t_patch]
+            teacher_cls = t_head(torch.cat(t_cls)).chunk(g)
+            teacher_patch = t_head(torch.cat(t_patch), patch=t_patch_layer).chunk(g)
             t_norms = t_head.prototype_norms() if cls_vmf else None
             t_patch_norms = t_head.prototype_norms(patch=t_patch_layer) if patch_vmf else None
         s_cls, s_patch = self.embed_views(self._student_modules(), views, masks)
-        student_cls = [self.head(c) for c in s_cls]
-        student_patch = [self.head(p, patch=True) for p in s_patch[:g]]
+        # one head call per token type: the prototype layer's weight is recomputed from
+        # its weight-norm parameters at every call, which costs K x p per call
+        student_cls = self.head(torch.cat(s_cls)).chunk(len(s_cls))
+        student_patch = self.head(torch.cat(s_patch[:g]), patch=True).chunk(g)
 
         loss_cls = self.loss_module(student_cls, teacher_cls, self.teacher_temperature(),
                                     student_norms=self.head.prototype_norms() if cls_vmf else None,

@@ -21,6 +21,12 @@ def fp32_no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or unchanged if it is float64: the loss maths never runs in half
+    precision, and float64 inputs (tests, references) keep their precision."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def prototype_logits(scores: torch.Tensor,
                      temperature: float,
                      prototype_norms: Optional[torch.Tensor] = None,
@@ -37,14 +43,14 @@ def prototype_logits(scores: torch.Tensor,
     the bottleneck dimension. The subtracted constant does not change any softmax but keeps
     the numbers small (log C_256 is ~344). Computed in float32 (or float64) outside autocast.
     """
-    logits = scores.float() / temperature
+    logits = at_least_float32(scores) / temperature
     if prototype_norms is None:
         return logits
     if dim is None:
         raise ValueError('prototype_logits: `dim` (the bottleneck dimension p) is required '
                          'when prototype_norms are given')
     from .vmf import vmf_log_normalizer
-    norms = prototype_norms.float()
+    norms = at_least_float32(prototype_norms)
     if norms.shape[-1] != logits.shape[-1]:
         raise ValueError(f'prototype_norms has {norms.shape[-1]} entries but the scores have '
                          f'{logits.shape[-1]} prototypes')
@@ -139,7 +145,8 @@ class PrototypeDistillation(BaseModule):
             if self.centering == 'logit':
                 # (fix) the second output must be the *uncentred* softmax in this mode too;
                 # it used to be computed from the centred scores, i.e. equal to q.
-                centred = self._logits(self.center.center_scores(scores.float()), temp, norms)
+                centred = self._logits(self.center.center_scores(at_least_float32(scores)),
+                                       temp, norms)
                 return torch.softmax(centred, dim=-1), raw
             if self.centering == 'probability':
                 return torch.softmax(self.center.center_logits(logits), dim=-1), raw
@@ -179,16 +186,14 @@ class DINOLoss(PrototypeDistillation):
             if s.shape[-1] != self.num_prototypes:
                 raise ValueError(f'DINOLoss(num_prototypes={self.num_prototypes}) got scores '
                                  f'of shape {tuple(s.shape)} for view {i}')
-        qs: List[torch.Tensor] = []
-        raws = []
-        for t in teacher_scores:
-            q, raw = self.teacher_distribution(t, teacher_temp, teacher_norms)
-            qs.append(q)
-            raws.append(raw)
-        log_ps = [self.student_log_probs(s, student_norms) for s in student_scores]
+        # all views of a side in one call: the vMF term is computed once per side, not once
+        # per view (its many small (K,) ops dominated the vMF overhead with 12 views)
+        teacher_all = torch.cat(list(teacher_scores))
+        q_all, raw_all = self.teacher_distribution(teacher_all, teacher_temp, teacher_norms)
+        qs: List[torch.Tensor] = list(q_all.split([t.shape[0] for t in teacher_scores]))
+        log_ps = self.student_log_probs(torch.cat(list(student_scores)), student_norms).split(
+            [s.shape[0] for s in student_scores])
         loss = multi_view_cross_entropy(qs, log_ps)
-        q_all = torch.cat(qs)
         self.last_stats = distribution_stats(q_all)
-        self.update_center(torch.cat([t.detach().float() for t in teacher_scores]),
-                           torch.cat(raws))
+        self.update_center(teacher_all.detach().float(), raw_all)
         return loss

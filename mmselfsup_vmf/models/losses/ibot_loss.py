@@ -41,12 +41,13 @@ def masked_patch_cross_entropy(teacher_probs: torch.Tensor,
 
 
 @torch.no_grad()
-def _view_stats(probs: torch.Tensor):
-    """(mean entropy, distinct argmax indices) of one view's (B, N, K) teacher patches; the
-    views are combined afterwards, so their (B*N, K) distributions are never concatenated."""
+def _stats(probs: torch.Tensor) -> dict:
+    """Mean entropy and number of distinct argmax prototypes of (..., K) teacher patches."""
     p = probs.reshape(-1, probs.shape[-1])
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
-    return entropy, torch.unique(p.argmax(-1))
+    return dict(entropy=entropy,
+                unique_argmax=torch.tensor(float(torch.unique(p.argmax(-1)).numel()),
+                                           device=p.device))
 
 
 @MODELS.register_module()
@@ -78,24 +79,24 @@ class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spe
             raise ValueError(f'iBOTPatchLoss needs one student view, teacher view and mask per '
                              f'global view; got {len(student_scores)}, {len(teacher_scores)} '
                              f'and {len(masks)}')
+        first = student_scores[0].shape
         for s in list(student_scores) + list(teacher_scores):
             if s.dim() != 3 or s.shape[-1] != self.num_prototypes:
                 raise ValueError(f'iBOTPatchLoss(num_prototypes={self.num_prototypes}) needs '
                                  f'patch scores (B, N, {self.num_prototypes}), got '
                                  f'{tuple(s.shape)}')
-        total, raws, stats = 0.0, [], []
-        for s, t, m in zip(student_scores, teacher_scores, masks):
-            q, raw = self.teacher_distribution(t, teacher_temp, teacher_norms)
-            log_p = self.student_log_probs(s, student_norms)
-            total = total + masked_patch_cross_entropy(q, log_p, m).mean()
-            stats.append(_view_stats(q))
-            raws.append(raw)
-        loss = total / len(masks)
-        self.last_stats = dict(
-            entropy=torch.stack([e for e, _ in stats]).mean(),
-            unique_argmax=torch.tensor(float(torch.unique(torch.cat([a for _, a in stats])).numel()),
-                                       device=loss.device))
+            if s.shape[1:] != first[1:]:
+                raise ValueError(f'iBOTPatchLoss: every view needs the same number of patches, '
+                                 f'got {tuple(s.shape)} and {tuple(first)}')
+        # all views in one call, so the vMF term is computed once per side
+        sizes = [s.shape[0] for s in student_scores]
+        teacher_all = torch.cat(list(teacher_scores))
+        q, raw = self.teacher_distribution(teacher_all, teacher_temp, teacher_norms)
+        log_p = self.student_log_probs(torch.cat(list(student_scores)), student_norms)
+        mask = torch.cat([m.reshape(m.shape[0], -1) for m in masks])
+        per_image = masked_patch_cross_entropy(q, log_p, mask)
+        loss = torch.stack([v.mean() for v in per_image.split(sizes)]).mean()
+        self.last_stats = _stats(q)
         # iBOT's center2: mean over the patches of an image, then over all images (all ranks)
-        self.update_center(torch.cat([t.detach().float().mean(1) for t in teacher_scores]),
-                           torch.cat([r.mean(1) for r in raws]))
+        self.update_center(teacher_all.detach().float().mean(1), raw.mean(1))
         return loss

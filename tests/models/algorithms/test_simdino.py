@@ -18,6 +18,15 @@ DEMO = osp.join(REPO, 'configs', 'simdino', 'demo_fashion-mnist.py')
 TINY_ARCH = dict(embed_dims=24, num_layers=2, num_heads=2, feedforward_channels=48)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster, and far faster on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_simdino(**loss_kwargs):
     cfg = dict(
         type='SimDINO',
@@ -160,9 +169,13 @@ def test_prototype_head_or_mismatched_views_are_clear_errors():
 
 
 # ---------------------------------------------------------------- runner-level tests
-def digits_cfg(config=DEMO, num_train=64, batch_size=16, work_dir='.', image_size=16):
+def digits_cfg(config=DEMO, num_train=64, batch_size=16, work_dir='.', image_size=16,
+               patch_size=4):
     """The demo config on the in-memory digits (no download), shrunk for a test."""
     cfg = Config.fromfile(config)
+    cfg.model.backbone.patch_size = patch_size
+    if 'patch_size' in cfg.model.data_preprocessor:  # the masking grid of SimDINOv2
+        cfg.model.data_preprocessor.patch_size = patch_size
     crop = cfg.train_dataloader.dataset.dataset.pipeline[0]
     crop.update(global_size=image_size, local_size=8)
     cfg.train_dataloader.dataset.dataset = dict(
@@ -206,6 +219,8 @@ def resume_is_exact(config, tmp_path):
         small_model(cfg)
         without_knn(cfg)
         cfg.default_hooks.checkpoint.max_keep_ckpts = -1
+        cfg.train_cfg.max_epochs = 4  # (the schedules keep the demo's own length)
+        cfg.model.backbone.drop_path_rate = 0.1  # in-model randomness, as the recipes
         return cfg
 
     straight = train(cfg_for('straight'))
@@ -228,30 +243,33 @@ def test_resume_is_bitwise_exact(tmp_path):
     resume_is_exact(DEMO, tmp_path)
 
 
-def knn_before_after(config, tmp_path, embed_dims=64):
-    """Train the demo config (its 4 epochs) on digits; k-NN before and after training."""
-    cfg = digits_cfg(config, num_train=1000, batch_size=100, work_dir=tmp_path)
-    small_model(cfg, embed_dims)
+def stretch_schedule(cfg, factor: int):
+    """``factor`` times more epochs, every scheduler stretched alike (warm-up included)."""
+    for sched in cfg.param_scheduler:
+        for key in ('begin', 'end', 'T_max'):
+            if key in sched:
+                sched[key] *= factor
+    cfg.train_cfg.max_epochs *= factor
+
+
+def knn_before_after(config, tmp_path, epoch_factor=2, batch_size=64):
+    """Train the demo config (its model, a stretched schedule) on the 1,300 digits training
+    images at 16 px with patch 4 (the demo's 4x4 grid); the config's KNNHook evaluates the
+    teacher before and after training (20-NN, digits train -> test split)."""
+    cfg = digits_cfg(config, num_train=1300, batch_size=batch_size, work_dir=tmp_path)
+    stretch_schedule(cfg, epoch_factor)
     knn = [h for h in cfg.custom_hooks if h['type'] == 'KNNHook'][0]
+    knn['interval'] = cfg.train_cfg.max_epochs
     for name, split in (('train_dataloader', 'train'), ('val_dataloader', 'test')):
         knn[name] = dict(batch_size=250, num_workers=0,
                          sampler=dict(type='DefaultSampler', shuffle=False),
                          collate_fn=dict(type='default_collate'),
                          dataset=dict(type='SklearnDigits', split=split, image_size=16,
-                                      num_train=1000, pipeline=[dict(type='PackInputs')]))
-    before = []
-    runner = Runner.from_cfg(cfg)
+                                      num_train=1300, pipeline=[dict(type='PackInputs')]))
+    runner = train(cfg)
     hook = next(h for h in runner.hooks if type(h).__name__ == 'KNNHook')
-    evaluate = hook.evaluate
-
-    def record(*args, **kwargs):
-        result = evaluate(*args, **kwargs)
-        before.append(result['knn/top1'])
-        return result
-
-    hook.evaluate = record
-    runner.train()
-    return before[0], before[-1]
+    (_, before), (_, after) = hook.history[0], hook.history[-1]
+    return before['knn/top1'], after['knn/top1']
 
 
 @pytest.mark.slow
@@ -259,3 +277,36 @@ def test_demo_config_learns(tmp_path):
     before, after = knn_before_after(DEMO, tmp_path)
     print(f'SimDINO demo on digits: 20-NN top-1 {before:.2f} (random init) -> {after:.2f}')
     assert after > before + 2.0
+
+
+@pytest.mark.parametrize('name, arch, width', [('vit-s16_8xb64.py', 'deit-small', 384),
+                                               ('vit-b16_8xb64.py', 'base', 768)])
+def test_recipe_matches_the_spec(name, arch, width):
+    """simdino.md §3.1 (README command + main_dino.py defaults)."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'simdino', name))
+    m = cfg.model
+    assert m.type == 'SimDINO' and m.backbone.arch == arch
+    assert m.backbone.patch_size == 16 and m.backbone.drop_path_rate == 0.1
+    assert m.head.in_channels == width and m.head.num_prototypes is None
+    assert (m.head.hidden_channels, m.head.bottleneck_channels) == (2048, 256)
+    assert m.loss == dict(type='SimDINOLoss', eps=0.05, coeff=1.0, expa_type='mean',
+                          gamma=None, reduce_cov=False)
+    assert m.teacher_momentum == 0.996 and m.get('teacher_momentum_end', 1.0) == 1.0
+    assert cfg.train_dataloader.batch_size == 64
+    assert cfg.train_cfg.max_epochs == 100
+    opt = cfg.optim_wrapper
+    assert opt.optimizer.type == 'AdamW' and opt.optimizer.betas == (0.9, 0.999)
+    assert opt.optimizer.lr == 5e-4 and cfg.auto_scale_lr == dict(base_batch_size=256,
+                                                                  enable=True)
+    assert opt.optimizer.weight_decay == 0.04
+    assert opt.clip_grad == dict(type='per_tensor', max_norm=3.0)
+    assert opt.type == 'AmpDistillOptimWrapper' and opt.dtype == 'float16'
+    warm, cos, wd = cfg.param_scheduler
+    assert warm.end == cos.begin == 10 and cos.end == 100 and cos.eta_min == 1e-6
+    assert (wd.param_name, wd.eta_min_ratio, wd.end) == ('weight_decay', 10.0, 100)
+    crop = cfg.train_dataloader.dataset.dataset.pipeline[1]
+    assert crop.type == 'MultiCrop' and (crop.num_global, crop.num_local) == (2, 10)
+    assert (crop.global_size, crop.local_size) == (224, 96)
+    assert crop.global_scale == (0.4, 1.0) and crop.local_scale == (0.05, 0.4)
+    assert crop.global_blur_probs == (1.0, 0.1) and crop.local_blur_prob == 0.5
+    assert crop.solarize_prob == 0.2 and crop.interpolation == 'bicubic'

@@ -29,6 +29,14 @@ BASE_SCHEDULE = osp.join(ROOT, 'configs', '_base_', 'schedules', 'adamw_coslr_co
 
 
 @pytest.fixture(autouse=True)
+def _drop_test_hubs():
+    """The MessageHubs made here (they become 'current') must not leak into other tests."""
+    yield
+    for name in [n for n in MessageHub._instance_dict if n.startswith('test_schedules_')]:
+        MessageHub._instance_dict.pop(name)
+
+
+@pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models: one thread avoids OpenMP spin-waits on a busy 2-core machine."""
     threads = torch.get_num_threads()
