@@ -6,6 +6,8 @@ clipping) and the same EMA teacher update. The Runner adds its hooks (timer, log
 param schedulers, checkpoint at the end only), message hub and logging. Per-iteration time
 is taken from the difference of two run lengths, so start-up costs cancel; the two loops are
 interleaved ``--repeats`` times and the medians compared. Target: ratio <= 1.05.
+The Runner uses mmengine's ``InfiniteSampler``: with ``DefaultSampler`` an iteration-based
+loop sleeps 2 s each time it restarts the dataloader (mmengine's deadlock guard).
 
     python benchmarks/bench_runner_overhead.py [--iters 40] [--repeats 3]
 """
@@ -46,7 +48,7 @@ def runner_time(iters: int, work_dir: str) -> float:
     cfg = dict(
         model=MODEL, work_dir=work_dir, default_scope='mmpretrain',
         train_dataloader=dict(batch_size=BATCH, num_workers=0, dataset=DATASET,
-                              sampler=dict(type='DefaultSampler', shuffle=True),
+                              sampler=dict(type='InfiniteSampler', shuffle=True),
                               collate_fn=dict(type='default_collate')),
         optim_wrapper=OPTIM,
         param_scheduler=[dict(type='CosineAnnealingLR', T_max=iters, by_epoch=False)],

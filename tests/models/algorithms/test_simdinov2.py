@@ -210,6 +210,22 @@ def test_backward_reaches_mask_token_and_registers_not_teacher():
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
+def test_bf16_autocast_step_stays_close_to_fp32():
+    """The heads and backbone in bf16, the loss terms in fp32 (coding rate outside autocast)."""
+    model = tiny_simdinov2(torch.float32)
+    views, samples = preprocessed_batch(model)
+    views = [v.float() for v in views]
+    model.train(False)
+    ref = model.loss(views, samples)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model.loss(views, samples)
+    for key in ('loss_comp', 'loss_expa', 'loss_patch'):
+        assert out[key].dtype == torch.float32
+        assert abs(out[key].item() - ref[key].item()) < 2e-2 * max(1.0, abs(ref[key].item()))
+    sum(v for k, v in out.items() if 'loss' in k).backward()
+    assert torch.isfinite(model.backbone.mask_token.grad).all()
+
+
 def test_clear_errors():
     model = tiny_simdinov2(torch.float32)
     views, samples = preprocessed_batch(model, batch=4)
