@@ -35,3 +35,12 @@ def _fresh_visualizers():
         cls._instance_dict.clear()
         pending.extend(cls.__subclasses__())
     yield
+
+
+@pytest.fixture(autouse=True)
+def _mmpretrain_scope():
+    """mmseg tests switch mmengine's global default scope to 'mmseg'; later tests build
+    mmpretrain datasets/transforms by name, so every test starts in the mmpretrain scope."""
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmpretrain')
+    yield

@@ -55,8 +55,9 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=min_lr / base_lr, by_epoch=True, begin=0,
          end=warmup_epochs, convert_to_iter_based=True),
     # ratio, not an absolute eta_min: each layer group ends at 1e-6 x its lr multiplier
-    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min_ratio=min_lr / base_lr,
-         by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs,
+         eta_min_ratio=min_lr / base_lr, by_epoch=True, begin=warmup_epochs, end=max_epochs,
+         convert_to_iter_based=True),
     dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', eta_min_ratio=10.0,
          by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
 ]

@@ -118,29 +118,28 @@ class SimDINOv2(SimDINO):
     def distillation_loss(self, views: List[torch.Tensor],
                           data_samples: List) -> Dict[str, torch.Tensor]:
         check_per_gpu_batch(views, type(self).__name__)
-        g, num_views = self.num_global_views, len(views)
+        g, num_views, m = self.num_global_views, len(views), views[0].shape[0]
         masks = self.flat_global_masks(data_samples, views)  # (G·m, N)
-        num_cls = num_views * views[0].shape[0]
 
+        # Heads run once on [CLS of every crop; masked patch tokens], as the official code.
         with torch.no_grad():
             t_cls, t_patches = self.embed_views(self.teacher.module, views[:g])
             t_tokens = self.patch_tokens(t_patches, masks.shape[1])[masks]  # (K, C)
             t_out = self.teacher.module['head'](torch.cat(t_cls + [t_tokens]))
-            teacher_cls = list(t_out[:len(t_cls) * views[0].shape[0]].chunk(g))
-            teacher_patch = t_out[len(t_cls) * views[0].shape[0]:]
+            teacher_cls, teacher_patch = list(t_out[:g * m].chunk(g)), t_out[g * m:]
 
-        masks_per_view = list(masks.chunk(g))
-        s_cls, s_patches = self.embed_views(self._student_modules(), views, masks_per_view)
+        s_cls, s_patches = self.embed_views(self._student_modules(), views,
+                                            list(masks.chunk(g)))
         s_tokens = self.patch_tokens(s_patches[:g], masks.shape[1])[masks]
-        s_out = self.head(torch.cat(s_cls + [s_tokens]))  # one call, as the official code
-        student_cls = list(s_out[:num_cls].chunk(num_views))
-        student_patch = s_out[num_cls:]
+        s_out = self.head(torch.cat(s_cls + [s_tokens]))
+        student_cls = list(s_out[:num_views * m].chunk(num_views))
+        student_patch = s_out[num_views * m:]
 
         losses = dict(self.loss_module(student_cls, teacher_cls))
-        weights = patch_mask_weights(masks, student_patch.dtype
-                                     if student_patch.dtype == torch.float64 else torch.float32)
-        loss_patch = masked_patch_cosine_loss_gathered(student_patch, teacher_patch, weights,
-                                                       num_images=masks.shape[0])
+        weight_dtype = torch.float64 if student_patch.dtype == torch.float64 else torch.float32
+        loss_patch = masked_patch_cosine_loss_gathered(
+            student_patch, teacher_patch, patch_mask_weights(masks, weight_dtype),
+            num_images=masks.shape[0])  # every global crop counts, masked or not
         losses['loss_patch'] = self.patch_loss_weight * loss_patch
         losses['mask_ratio'] = masks.float().mean().detach()
         return losses

@@ -321,9 +321,19 @@ def test_resume_is_bitwise_exact(tmp_path):
         assert hub_a.get_scalar(key).current() == hub_b.get_scalar(key).current()
 
 
+FASHION_MNIST = Path('/usr/share/datasets/fashion-mnist')
+
+
 def knn_before_after(config, work_dir):
-    """Train a demo config (its own epochs and model) on digits; k-NN top-1 before / after."""
-    cfg = digits_cfg(config, work_dir, num_train=1300, batch_size=64)
+    """Run a demo config unchanged (Fashion-MNIST, its own epochs and model) except for the
+    work dir and log backends; k-NN top-1 of the teacher before and after training.
+
+    (On the upsampled 8x8 digits the DINO demo recipe collapses to a uniform teacher within
+    a few hundred iterations, so the real demo data is used.)"""
+    cfg = Config.fromfile(str(ROOT / config))
+    cfg.work_dir = str(work_dir)
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    cfg.log_level = 'WARNING'
     runner = Runner.from_cfg(cfg)
     runner.train()
     hook = next(h for h in runner.hooks if type(h).__name__ == 'KNNHook')
@@ -332,9 +342,13 @@ def knn_before_after(config, work_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason='Fashion-MNIST demo data missing '
+                    '(apt-get install dataset-fashion-mnist)')
 @pytest.mark.parametrize('method', ['dino_vmf', 'ibot', 'ibot_vmf'])
 def test_demo_config_learns(method, tmp_path):
+    """The README demo's criterion (tools/demo.py --min-gain 1.0): trained k-NN top-1 beats the
+    randomly initialised teacher by at least one point."""
     before, after = knn_before_after(f'configs/{method}/demo_fashion-mnist.py', tmp_path)
-    print(f'{method} demo on SklearnDigits (28 px): 20-NN top-1 {before:.2f} (random init) '
+    print(f'{method} demo on Fashion-MNIST: 20-NN top-1 {before:.2f} (random init) '
           f'-> {after:.2f}')
-    assert after > before + 2.0
+    assert after > before + 1.0
