@@ -29,6 +29,9 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='default: work_dirs/demo_<method>')
     p.add_argument('--min-gain', type=float, default=1.0,
                    help='required k-NN top-1 gain over random init, in points (default 1.0)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch threads for the model (default 1: the data loader worker uses '
+                        'the other core; more threads spin-wait badly on a busy machine)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, key=value')
     return p.parse_args(argv)
@@ -40,6 +43,8 @@ def main(argv=None) -> int:
     if not osp.isfile(config):
         print(f'error: demo config {config} does not exist', file=sys.stderr)
         return 2
+    import torch
+    torch.set_num_threads(max(1, args.threads))
     cfg = Config.fromfile(config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

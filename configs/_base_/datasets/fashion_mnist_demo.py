@@ -14,7 +14,8 @@ train_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=64,
-    num_workers=0,
+    num_workers=1,  # augmentations on the second core while the model trains on the first
+    persistent_workers=True,
     drop_last=True,
     sampler=dict(type='EpochIndexSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
