@@ -3,9 +3,10 @@ import os
 import pytest
 import torch
 
-# The CI machine has 2 cores; keep torch from oversubscribing them (MMSV_TEST_THREADS=1 on
-# a busy machine: OpenMP spin-waits make 2 threads far slower than 1 under contention).
-torch.set_num_threads(int(os.environ.get('MMSV_TEST_THREADS', min(2, os.cpu_count() or 1))))
+# One torch thread by default: tests spawn gloo ranks and data-loader workers on a 2-core
+# machine, and OpenMP spin-waits make 2 threads per process far slower than 1 under that
+# contention (MMSV_TEST_THREADS overrides).
+torch.set_num_threads(int(os.environ.get('MMSV_TEST_THREADS', 1)))
 
 import mmselfsup_vmf  # noqa: E402,F401  (applies shims, registers modules)
 
