@@ -48,6 +48,14 @@ class RandomStateHook(Hook):
             self._pending = states[rank] if rank < len(states) else states[0]
 
     def before_train_epoch(self, runner) -> None:
-        if self._pending is not None:
-            set_random_state(self._pending)
-            self._pending = None
+        if self._pending is None:
+            return
+        loader = runner.train_dataloader
+        if (getattr(loader, 'persistent_workers', False) and loader.num_workers > 0
+                and getattr(loader, '_iterator', 0) is None):
+            # A straight run drew the workers' base seed from the global RNG when it first
+            # built its persistent iterator, long before this point; build it now so that
+            # draw does not consume the state we are about to restore.
+            loader._iterator = loader._get_iterator()
+        set_random_state(self._pending)
+        self._pending = None
