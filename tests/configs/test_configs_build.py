@@ -17,14 +17,6 @@ CONFIGS = sorted(osp.relpath(p, ROOT) for p in
 BIG = ('vit-l16',)  # > ~5 s to build on 2 cores
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load(rel):
     return Config.fromfile(osp.join(ROOT, rel))
 

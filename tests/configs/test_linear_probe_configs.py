@@ -17,6 +17,7 @@ from mmpretrain.models import VisionTransformer
 from mmpretrain.registry import MODELS
 
 from mmselfsup_vmf.evaluation.linear_probe import LinearProbeViT
+from testing_utils import mmengine_messages  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'benchmarks', 'linear_probe')
@@ -34,21 +35,6 @@ def load_extractor():
     return module
 
 
-@contextmanager
-def mmengine_messages():
-    logger = MMLogger.get_current_instance()
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def randomize(module, seed, scale=0.1):

@@ -22,6 +22,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmpretrain.models import VisionTransformer
+from testing_utils import mmengine_messages  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'benchmarks', 'mmseg')
@@ -41,21 +42,6 @@ def load_extractor():
     return module
 
 
-@contextmanager
-def mmengine_messages():
-    logger = MMLogger.get_current_instance()
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope='module')

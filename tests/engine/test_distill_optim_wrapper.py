@@ -26,14 +26,6 @@ def _drop_test_hubs():
         MessageHub._instance_dict.pop(name)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_params():
     return [torch.nn.Parameter(torch.ones(g.shape)) for g in GRADS]
 

@@ -20,14 +20,6 @@ from mmselfsup_vmf.engine.hooks.checkpoint_check import state_dict_mismatch
 from tiny_dino_cfg import ROOT, tiny_dino_cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def one_line(excinfo):
     message = str(excinfo.value)
     assert '\n' not in message.strip(), message

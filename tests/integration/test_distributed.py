@@ -16,14 +16,6 @@ K, BATCH, STEPS, TEMP = 24, 6, 3, 0.05
 CENTERINGS = ('logit', 'probability')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batches():
     """Per step: (student views (4 x (B, K)), teacher views (2 x (B, K))), fixed seed."""
     gen = torch.Generator().manual_seed(0)

@@ -16,14 +16,6 @@ from tiny_dino_cfg import tiny_dino_cfg
 EPOCHS, ITERS = 4, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _DisturbRNG(Hook):
     """A resumed process has another RNG history: draw from every generator first."""
     priority = 'VERY_HIGH'

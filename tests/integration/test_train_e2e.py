@@ -14,14 +14,6 @@ from mmengine.runner import Runner
 from tiny_dino_cfg import ROOT, tiny_dino_cfg
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load_train_tool():
     spec = importlib.util.spec_from_file_location('train_tool',
                                                   osp.join(ROOT, 'tools', 'train.py'))

@@ -20,6 +20,7 @@ from mmengine.logging import HistoryBuffer, MMLogger
 from mmpretrain.models import ResNet, VisionTransformer
 
 from mmselfsup_vmf.models.backbones import MaskedViT
+from testing_utils import mmengine_messages as mmengine_warnings  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'extract_backbone.py')
@@ -81,22 +82,6 @@ def our_checkpoint(teacher, student, path):
     return path
 
 
-@contextmanager
-def mmengine_warnings():
-    """Collect mmengine logger messages (PretrainedInit reports key mismatches there)."""
-    logger = MMLogger.get_current_instance()
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.DEBUG)
-    logger.addHandler(handler)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 # --------------------------------------------------------------------------- our layout

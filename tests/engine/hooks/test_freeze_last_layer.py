@@ -12,14 +12,6 @@ LAST = ('head.last_layer.parametrizations.weight.original0',
         'head.last_layer.parametrizations.weight.original1')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Snapshots(Hook):
     """Parameters before and after every training iteration."""
     priority = 'LOWEST'

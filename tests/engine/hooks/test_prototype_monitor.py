@@ -48,7 +48,7 @@ def runner_for(work_dir, teacher_temp=0.04, lr=1e-3, epochs=1):
     cfg.train_dataloader.dataset.dataset = dict(
         type='SklearnDigits', split='train', image_size=28, num_train=32,
         pipeline=inner.pipeline)
-    cfg.train_dataloader.batch_size = 16
+    cfg.train_dataloader.update(batch_size=16, num_workers=0, persistent_workers=False)
     cfg.custom_hooks = [h for h in cfg.custom_hooks if h['type'] != 'KNNHook']
     cfg.model.backbone.arch = dict(embed_dims=32, num_layers=1, num_heads=2,
                                    feedforward_channels=64)

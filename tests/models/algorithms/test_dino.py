@@ -21,15 +21,6 @@ def _drop_test_hubs():
         MessageHub._instance_dict.pop(name)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fresh_hub(**info):
     hub = MessageHub.get_instance(f'test_dino_{uuid.uuid4().hex}')  # becomes current
     for key, value in info.items():

@@ -256,7 +256,7 @@ def digits_cfg(config, work_dir, num_train=64, batch_size=16):
     cfg.train_dataloader.dataset.dataset = dict(
         type='SklearnDigits', split='train', image_size=28, num_train=num_train,
         pipeline=inner.pipeline)
-    cfg.train_dataloader.batch_size = batch_size
+    cfg.train_dataloader.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
     for hook in cfg.custom_hooks:
         if hook['type'] == 'KNNHook':
             for key, split in (('train_dataloader', 'train'), ('val_dataloader', 'test')):
@@ -326,7 +326,7 @@ FASHION_MNIST = Path('/usr/share/datasets/fashion-mnist')
 
 def knn_before_after(config, work_dir):
     """Run a demo config unchanged (Fashion-MNIST, its own epochs and model) except for the
-    work dir and log backends; k-NN top-1 of the teacher before and after training.
+    work dir, log backends and loader workers; k-NN top-1 of the teacher before / after.
 
     (On the upsampled 8x8 digits the DINO demo recipe collapses to a uniform teacher within
     a few hundred iterations, so the real demo data is used.)"""
@@ -334,6 +334,9 @@ def knn_before_after(config, work_dir):
     cfg.work_dir = str(work_dir)
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
     cfg.log_level = 'WARNING'
+    # augmentations are seeded per (sample, epoch), so loading in-process gives the same
+    # batches as the demo's worker process, without forking the test process
+    cfg.train_dataloader.update(num_workers=0, persistent_workers=False)
     runner = Runner.from_cfg(cfg)
     runner.train()
     hook = next(h for h in runner.hooks if type(h).__name__ == 'KNNHook')

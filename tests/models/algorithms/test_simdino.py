@@ -18,15 +18,6 @@ DEMO = osp.join(REPO, 'configs', 'simdino', 'demo_fashion-mnist.py')
 TINY_ARCH = dict(embed_dims=24, num_layers=2, num_heads=2, feedforward_channels=48)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_simdino(**loss_kwargs):
     cfg = dict(
         type='SimDINO',

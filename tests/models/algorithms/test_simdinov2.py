@@ -12,7 +12,7 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import nn
 
-from test_simdino import (_one_thread, knn_before_after, official_simdino_loss,  # noqa: F401
+from test_simdino import (knn_before_after, official_simdino_loss,  # noqa: F401
                           resume_is_exact)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))

@@ -1,0 +1,37 @@
+"""Small helpers shared by several test files (importable: tests/ is on sys.path via conftest)."""
+import importlib.util
+import logging
+import os.path as osp
+from contextlib import contextmanager
+
+from mmengine.logging import MMLogger
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(relpath: str, name: str = None):
+    """Import a script under tools/ (e.g. 'tools/model_converters/extract_backbone.py')."""
+    path = osp.join(ROOT, relpath)
+    name = name or osp.splitext(osp.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def mmengine_messages():
+    """Collect what mmengine's current logger says (e.g. PretrainedInit's key mismatches)."""
+    logger = MMLogger.get_current_instance()
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
