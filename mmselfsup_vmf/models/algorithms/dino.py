@@ -22,10 +22,12 @@ class DINO(SelfDistillation):
         with torch.no_grad():
             t_cls, _ = self.embed_views(self.teacher.module, views[:g])
             t_head = self.teacher.module['head']
-            teacher_scores = [t_head(c) for c in t_cls]
+            # one head call on all crops, as DINO's MultiCropWrapper does (the weight-normalised
+            # (K, p) prototype matrix is then built once per step, not once per view)
+            teacher_scores = list(t_head(torch.cat(t_cls)).chunk(len(t_cls)))
             teacher_norms = t_head.prototype_norms()
         s_cls, _ = self.embed_views(self._student_modules(), views)
-        student_scores = [self.head(c) for c in s_cls]
+        student_scores = list(self.head(torch.cat(s_cls)).chunk(len(s_cls)))
         loss = self.loss_module(student_scores, teacher_scores, self.teacher_temperature(),
                                 student_norms=self.head.prototype_norms(),
                                 teacher_norms=teacher_norms)

@@ -82,6 +82,16 @@ class DINOHead(BaseModule):
         return y if layer is None else layer(y)
 
     def prototype_norms(self, patch: bool = False) -> Optional[torch.Tensor]:
-        """||w_k|| of the prototypes used for CLS (or patch) tokens, shape (K,)."""
+        """||w_k|| of the prototypes used for CLS (or patch) tokens, shape (K,).
+
+        With the weight norm w_k = g_k v_k / ||v_k||, ||w_k|| = |g_k| exactly; reading it
+        from g (gradient sign(g_k)) avoids recomputing the (K, p) weight and its backward at
+        every call, which was most of DINO-vMF's overhead over DINO.
+        """
         layer = self.last_layer2 if (patch and self.last_layer2 is not None) else self.last_layer
-        return None if layer is None else layer.weight.norm(dim=1)
+        if layer is None:
+            return None
+        weight_norm_params = getattr(getattr(layer, 'parametrizations', None), 'weight', None)
+        if weight_norm_params is not None and hasattr(weight_norm_params, 'original0'):
+            return weight_norm_params.original0.abs().flatten()
+        return layer.weight.norm(dim=1)
