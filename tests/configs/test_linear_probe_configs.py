@@ -18,6 +18,7 @@ from mmpretrain.registry import MODELS
 
 from mmselfsup_vmf.evaluation.linear_probe import LinearProbeViT
 from testing_utils import mmengine_messages  # noqa: E402
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'benchmarks', 'linear_probe')
@@ -28,11 +29,7 @@ TINY12 = dict(embed_dims=24, num_layers=12, num_heads=2, feedforward_channels=48
 
 
 def load_extractor():
-    path = osp.join(ROOT, 'tools', 'model_converters', 'extract_backbone.py')
-    spec = importlib.util.spec_from_file_location('extract_backbone', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool('tools/model_converters/extract_backbone.py')
 
 
 

@@ -23,6 +23,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmpretrain.models import VisionTransformer
 from testing_utils import mmengine_messages  # noqa: E402
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'benchmarks', 'mmseg')
@@ -35,11 +36,7 @@ TINY = dict(embed_dims=EMBED, num_layers=12, num_heads=3, feedforward_channels=2
 
 
 def load_extractor():
-    path = osp.join(ROOT, 'tools', 'model_converters', 'extract_backbone.py')
-    spec = importlib.util.spec_from_file_location('extract_backbone', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool('tools/model_converters/extract_backbone.py')
 
 
 

@@ -11,6 +11,7 @@ import torch
 from mmpretrain.models import VisionTransformer
 
 from mmselfsup_vmf.models.backbones import MaskedViT
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'visualization', 'attention_maps.py')
@@ -18,10 +19,7 @@ ARCH = dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('attention_maps', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool(TOOL)
 
 
 tool = load_tool()

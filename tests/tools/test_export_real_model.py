@@ -6,6 +6,7 @@ import torch
 from mmengine.runner import save_checkpoint
 from mmpretrain.models import VisionTransformer
 from mmpretrain.registry import MODELS
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 TOOL = osp.join(osp.dirname(__file__), '..', '..', 'tools', 'model_converters',
                 'extract_backbone.py')
@@ -13,10 +14,7 @@ ARCH = dict(embed_dims=48, num_layers=2, num_heads=3, feedforward_channels=96)
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('extract_backbone_real', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool(TOOL)
 
 
 def test_exported_teacher_equals_teacher_inside_the_dino_model(tmp_path):

@@ -21,6 +21,7 @@ from mmpretrain.models import ResNet, VisionTransformer
 
 from mmselfsup_vmf.models.backbones import MaskedViT
 from testing_utils import mmengine_messages as mmengine_warnings  # noqa: E402
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'extract_backbone.py')
@@ -30,10 +31,7 @@ ARCH = dict(embed_dims=EMBED, num_layers=DEPTH, num_heads=HEADS, feedforward_cha
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('extract_backbone', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool(TOOL)
 
 
 tool = load_tool()

@@ -7,16 +7,14 @@ import sys
 
 import cv2
 import pytest
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'analysis', 'plot_knn.py')
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('plot_knn', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool(TOOL)
 
 
 tool = load_tool()
