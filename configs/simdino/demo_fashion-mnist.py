@@ -2,7 +2,7 @@
 # The README demo's default method. Same structure as configs/dino/demo_fashion-mnist.py.
 _base_ = [
     '../_base_/datasets/fashion_mnist_demo.py',
-    '../_base_/schedules/adamw_coslr_coswd.py',
+    '../_base_/schedules/demo_adamw_3e.py',
     '../_base_/demo_runtime.py',
 ]
 model = dict(
@@ -18,18 +18,7 @@ model = dict(
     data_preprocessor={{_base_.data_preprocessor}})
 
 max_epochs = 3
-warmup_epochs = 1
 optim_wrapper = dict(optimizer=dict(lr=3e-3))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
-         by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', eta_min_ratio=10.0,
-         by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
-]
-train_cfg = dict(max_epochs=max_epochs)
-auto_scale_lr = dict(base_batch_size=64, enable=True)
 custom_hooks = [
     dict(type='RandomStateHook'),
     dict(type='KNNHook', train_dataloader={{_base_.knn_train_dataloader}},

@@ -5,7 +5,7 @@
 # Same structure as configs/dino/demo_fashion-mnist.py.
 _base_ = [
     '../_base_/datasets/fashion_mnist_demo.py',
-    '../_base_/schedules/adamw_coslr_coswd.py',
+    '../_base_/schedules/demo_adamw_3e.py',
     '../_base_/demo_runtime.py',
 ]
 model = dict(
@@ -25,23 +25,12 @@ model = dict(
         mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0], to_rgb=False))
 
 max_epochs = 3
-warmup_epochs = 1
 optim_wrapper = dict(
     optimizer=dict(lr=3e-3),
     clip_grad=dict(_delete_=True, max_norm=3.0),  # global norm, as SimDINOv2
     constructor='LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9,
                        custom_keys={'backbone.patch_embed': dict(lr_mult=0.2)}))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
-         by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', eta_min_ratio=10.0,
-         by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
-]
-train_cfg = dict(max_epochs=max_epochs)
-auto_scale_lr = dict(base_batch_size=64, enable=True)
 custom_hooks = [
     dict(type='RandomStateHook'),
     dict(type='KNNHook', train_dataloader={{_base_.knn_train_dataloader}},
