@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# README command 2 (and what CI runs): install with test dependencies, then the test suite.
+# README command 2 (and what CI runs): install with test dependencies, lint, then the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/install.sh cpu,tests
-exec python -m pytest -q "$@"
+PY=$(bash tools/install.sh cpu,tests)
+exec "$PY" -m pytest -q "$@"
