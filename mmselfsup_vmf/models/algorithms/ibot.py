@@ -51,6 +51,7 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
                  **kwargs):
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck, **kwargs)
         self.patch_loss_module = MODELS.build(patch_loss)
+        self.check_vmf_dim('patch_loss_module', 'model.patch_loss')
         self.teacher_patch_temp_cfg = dict(
             start=0.04, end=0.07, warmup_epochs=30,
             start_epoch=getattr(self.data_preprocessor, 'mask_start_epoch', 0))

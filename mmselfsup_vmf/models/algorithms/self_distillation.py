@@ -14,6 +14,7 @@ from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.schedules import teacher_temperature
 
 
@@ -80,6 +81,10 @@ class SelfDistillation(BaseSelfSupervisor):
             iteration). mmpretrain's ``CosineEMA`` takes the update weight 1 - m; the
             conversion happens here.
         teacher_temp: DINO's teacher temperature schedule ``dict(start, end, warmup_epochs)``.
+        backbone_init: None keeps mmpretrain's ViT initialisation; 'dino' (DINO, iBOT,
+            SimDINO) or 'dinov2' (SimDINOv2) re-initialise the backbone as the official code
+            (:func:`~mmselfsup_vmf.models.backbones.official_init.official_vit_init`); the
+            published recipes set it.
 
     The teacher is updated at the start of each training step from the student as left by the
     previous optimiser step (mmpretrain's MoCoV3 pattern, which also works under DDP), so the
@@ -100,8 +105,12 @@ class SelfDistillation(BaseSelfSupervisor):
                  teacher_momentum: float = 0.996,
                  teacher_momentum_end: float = 1.0,
                  teacher_temp: Optional[dict] = None,
+                 backbone_init: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
+        if backbone_init is not None and backbone_init not in OFFICIAL_INITS:
+            raise ValueError(f'model.backbone_init must be None or one of {OFFICIAL_INITS}, '
+                             f'got {backbone_init!r}')
         if num_global_views < 1:
             raise ValueError(f'num_global_views must be >= 1 (the teacher sees the global '
                              f'crops), got {num_global_views}')
@@ -111,6 +120,7 @@ class SelfDistillation(BaseSelfSupervisor):
         super().__init__(backbone=backbone, neck=neck, head=head,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.loss_module = MODELS.build(loss)
+        self.backbone_init = backbone_init
         self.num_global_views = num_global_views
         self.teacher_temp_cfg = dict(start=0.04, end=0.04, warmup_epochs=0)
         self.teacher_temp_cfg.update(teacher_temp or {})
@@ -119,6 +129,16 @@ class SelfDistillation(BaseSelfSupervisor):
         self.teacher.train(False)
         self.epoch = 0
         self._progress_known = False
+        self.check_vmf_dim('loss_module', 'model.loss')
+
+    def check_vmf_dim(self, loss_name: str, config_key: str) -> None:
+        """The vMF term's p must be the dimension of the prototypes (the head's bottleneck);
+        another value would silently give a wrong log-normaliser."""
+        loss = getattr(self, loss_name)
+        head_dim = getattr(self.head, 'bottleneck_channels', None)
+        if getattr(loss, 'vmf', False) and head_dim is not None and loss.dim != head_dim:
+            raise ValueError(f'{config_key}.dim={loss.dim} (p of the vMF normaliser) must equal '
+                             f'model.head.bottleneck_channels={head_dim}')
 
     # ----------------------------------------------------------------- student / teacher
     def _student_modules(self) -> nn.ModuleDict:
@@ -129,6 +149,10 @@ class SelfDistillation(BaseSelfSupervisor):
 
     def init_weights(self):
         super().init_weights()
+        pretrained = getattr(self.backbone, 'init_cfg', None)
+        pretrained = isinstance(pretrained, dict) and pretrained.get('type') == 'Pretrained'
+        if self.backbone_init is not None and not pretrained:
+            official_vit_init(self.backbone, self.backbone_init)
         self.sync_teacher()
 
     @torch.no_grad()

@@ -37,11 +37,12 @@ class SimDINO(SelfDistillation):
                  num_global_views: int = 2,
                  teacher_momentum: float = 0.996,
                  teacher_momentum_end: float = 1.0,
+                 backbone_init: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck,
                          num_global_views=num_global_views, teacher_momentum=teacher_momentum,
-                         teacher_momentum_end=teacher_momentum_end,
+                         teacher_momentum_end=teacher_momentum_end, backbone_init=backbone_init,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if getattr(self.head, 'last_layer', None) is not None:
             raise ValueError(
@@ -100,11 +101,12 @@ class SimDINOv2(SimDINO):
                  teacher_momentum: float = 0.9,
                  teacher_momentum_end: float = 1.0,
                  patch_loss_weight: float = 1.0,
+                 backbone_init: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck,
                          num_global_views=num_global_views, teacher_momentum=teacher_momentum,
-                         teacher_momentum_end=teacher_momentum_end,
+                         teacher_momentum_end=teacher_momentum_end, backbone_init=backbone_init,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if not patch_loss_weight >= 0:
             raise ValueError(f'patch_loss_weight must be >= 0, got {patch_loss_weight!r}')

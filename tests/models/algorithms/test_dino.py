@@ -199,3 +199,24 @@ def test_dino_momentum_convention_is_converted():
     assert model.teacher.momentum == pytest.approx(0.004)
     assert model.teacher.end_momentum == pytest.approx(0.0)
     assert math.isclose(1 - model.teacher.momentum, 0.996)
+
+
+def test_vmf_dimension_must_match_the_head_bottleneck():
+    """p of log C_p(kappa) is the prototype dimension: a different loss.dim would silently
+    give another normaliser, so the build fails and names both config keys."""
+    with pytest.raises(ValueError, match=r'model\.loss\.dim=64 .*bottleneck_channels=16'):
+        build_dino(loss=dict(type='DINOLoss', num_prototypes=32, dim=64, vmf=True,
+                             centering='probability'))
+    # the same mismatch without the vMF term is harmless (dim is unused) and builds
+    build_dino(loss=dict(type='DINOLoss', num_prototypes=32, dim=64))
+    ibot = dict(
+        type='iBOT',
+        backbone=dict(type='MaskedViT', img_size=16, patch_size=8, out_type='raw',
+                      arch=dict(embed_dims=EMBED, num_layers=1, num_heads=2,
+                                feedforward_channels=2 * EMBED)),
+        head=dict(type='DINOHead', in_channels=EMBED, hidden_channels=32,
+                  bottleneck_channels=16, num_prototypes=32),
+        loss=dict(type='DINOLoss', num_prototypes=32, dim=16, vmf=True),
+        patch_loss=dict(type='iBOTPatchLoss', num_prototypes=32, dim=256, vmf=True))
+    with pytest.raises(ValueError, match=r'model\.patch_loss\.dim=256'):
+        MODELS.build(ibot)
