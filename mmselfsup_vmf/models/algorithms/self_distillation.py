@@ -130,6 +130,10 @@ class SelfDistillation(BaseSelfSupervisor):
         self.epoch = 0
         self._progress_known = False
         self.check_vmf_dim('loss_module', 'model.loss')
+        self.check_modules()
+
+    def check_modules(self) -> None:
+        """Build-time checks of how head and loss fit together (subclasses add theirs)."""
 
     def check_vmf_dim(self, loss_name: str, config_key: str) -> None:
         """The vMF term's p must be the dimension of the prototypes (the head's bottleneck);

@@ -26,24 +26,11 @@ class SimDINO(SelfDistillation):
     ``loss_comp`` (−coeff · mean cosine), ``loss_expa`` (−γ · coding rate) and the
     logging values ``comp`` / ``expa`` (the official ``comp_loss`` / ``expa_loss``).
 
-    Args: as :class:`SelfDistillation`, without the temperature schedule (SimDINO has none).
+    Args: as :class:`SelfDistillation`; SimDINO has no temperatures, so ``teacher_temp`` is
+    unused.
     """
 
-    def __init__(self,
-                 backbone: dict,
-                 head: dict,
-                 loss: dict,
-                 neck: Optional[dict] = None,
-                 num_global_views: int = 2,
-                 teacher_momentum: float = 0.996,
-                 teacher_momentum_end: float = 1.0,
-                 backbone_init: Optional[str] = None,
-                 data_preprocessor: Optional[dict] = None,
-                 init_cfg=None):
-        super().__init__(backbone=backbone, head=head, loss=loss, neck=neck,
-                         num_global_views=num_global_views, teacher_momentum=teacher_momentum,
-                         teacher_momentum_end=teacher_momentum_end, backbone_init=backbone_init,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+    def check_modules(self) -> None:
         if getattr(self.head, 'last_layer', None) is not None:
             raise ValueError(
                 f'{type(self).__name__} uses the normalised head features directly: build '
@@ -92,17 +79,10 @@ class SimDINOv2(SimDINO):
         Others as :class:`SimDINO`.
     """
 
-    def __init__(self,
-                 backbone: dict,
-                 head: dict,
-                 loss: dict,
-                 neck: Optional[dict] = None,
-                 num_global_views: int = 2,
-                 teacher_momentum: float = 0.9,
-                 teacher_momentum_end: float = 1.0,
-                 patch_loss_weight: float = 1.0,
-                 backbone_init: Optional[str] = None,
-                 data_preprocessor: Optional[dict] = None,
+    def __init__(self, backbone: dict, head: dict, loss: dict, neck: Optional[dict] = None,
+                 num_global_views: int = 2, teacher_momentum: float = 0.9,
+                 teacher_momentum_end: float = 1.0, patch_loss_weight: float = 1.0,
+                 backbone_init: Optional[str] = None, data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck,
                          num_global_views=num_global_views, teacher_momentum=teacher_momentum,

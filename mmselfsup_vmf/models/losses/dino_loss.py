@@ -103,15 +103,17 @@ class PrototypeDistillation(BaseModule):
             raise ValueError(f'centering must be one of {CENTERINGS}, got {centering!r}')
         if num_prototypes < 1:
             raise ValueError(f'num_prototypes must be >= 1, got {num_prototypes}')
-        self.num_prototypes = num_prototypes
-        self.student_temp = student_temp
-        self.centering = centering
-        self.vmf = vmf
-        self.dim = dim
+        self.num_prototypes, self.student_temp = num_prototypes, student_temp
+        self.centering, self.vmf, self.dim = centering, vmf, dim
         self.approximation = approximation
         center_cls = ProbabilityCenter if centering == 'probability' else LogitCenter
         # 'none' still tracks a logit centre (cheap) so switching on resume keeps its key
         self.center = center_cls(num_prototypes, center_momentum)
+
+    def check_norms(self, student_norms, teacher_norms) -> None:
+        if self.vmf and (student_norms is None or teacher_norms is None):
+            raise ValueError(f'{type(self).__name__}(vmf=True) needs student_norms and '
+                             'teacher_norms; the head must have a prototype layer')
 
     def _logits(self, scores, temp, norms):
         return prototype_logits(scores, temp, norms if self.vmf else None, self.dim,
@@ -154,15 +156,11 @@ class DINOLoss(PrototypeDistillation):
     the centred teacher distribution.
     """
 
-    def forward(self,
-                student_scores: Sequence[torch.Tensor],
-                teacher_scores: Sequence[torch.Tensor],
-                teacher_temp: float,
+    def forward(self, student_scores: Sequence[torch.Tensor],
+                teacher_scores: Sequence[torch.Tensor], teacher_temp: float,
                 student_norms: Optional[torch.Tensor] = None,
                 teacher_norms: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        if self.vmf and (student_norms is None or teacher_norms is None):
-            raise ValueError('DINOLoss(vmf=True) needs student_norms and teacher_norms; the '
-                             'head must have a prototype layer')
+        self.check_norms(student_norms, teacher_norms)
         for i, s in enumerate(list(student_scores) + list(teacher_scores)):
             if s.shape[-1] != self.num_prototypes:
                 raise ValueError(f'DINOLoss(num_prototypes={self.num_prototypes}) got scores '

@@ -58,15 +58,11 @@ class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spe
     Constructor arguments are ``PrototypeDistillation``'s (``num_prototypes`` is the patch K).
     """
 
-    def forward(self,
-                student_scores: Sequence[torch.Tensor],
-                teacher_scores: Sequence[torch.Tensor],
-                masks: Sequence[torch.Tensor],
-                teacher_temp: float,
-                student_norms: Optional[torch.Tensor] = None,
+    def forward(self, student_scores: Sequence[torch.Tensor],
+                teacher_scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                teacher_temp: float, student_norms: Optional[torch.Tensor] = None,
                 teacher_norms: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        if self.vmf and (student_norms is None or teacher_norms is None):
-            raise ValueError('iBOTPatchLoss(vmf=True) needs student_norms and teacher_norms')
+        self.check_norms(student_norms, teacher_norms)
         if not (len(student_scores) == len(teacher_scores) == len(masks)) or not masks:
             raise ValueError(f'iBOTPatchLoss needs one student view, teacher view and mask per '
                              f'global view; got {len(student_scores)}, {len(teacher_scores)} '
