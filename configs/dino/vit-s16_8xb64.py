@@ -1,4 +1,5 @@
-# DINO ViT-S/16 (Caron et al. 2021), the published 800-epoch recipe (DINO README / args).
+# DINO ViT-S/16 (Caron et al. 2021, arXiv:2104.14294), the published 800-epoch recipe; which
+# values are reconstructions is listed in docs/methods.md#dino-and-ibot-recipes.
 # Total batch 8 x 64 = 512; the published run used 16 x 64 = 1024 — auto_scale_lr rescales
 # the learning rate to whatever total batch you launch with.
 _base_ = [

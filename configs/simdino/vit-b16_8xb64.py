@@ -1,4 +1,4 @@
-# SimDINO ViT-B/16, the published recipe (docs simdino.md §3.1; README command
+# SimDINO ViT-B/16, the published recipe (docs/simdino.md#simdino-vit-b16-recipe; README command
 # `main_dino.py --arch vit_base --patch_size 16 --local_crops_number 10 --eps 0.05 --coeff 1`
 # on 8 GPUs): 100 epochs, 8 x 64 = 512 images, peak lr 1e-3, drop-path 0.1.
 # Published: 74.9 k-NN / 77.3 linear on ImageNet-1k.

@@ -1,8 +1,9 @@
-# SimDINO ViT-S/16 (Wu et al. 2025), the SimDINO ViT-B/16 recipe (docs simdino.md §3.1) with
-# ViT-S: 100 epochs, 8 x 64 = 512 images, AdamW lr 5e-4 x 512/256, 10 warm-up epochs, cosine
-# to 1e-6, weight decay cosine 0.04 -> 0.4, per-tensor clipping 3.0, teacher EMA 0.996 -> 1,
-# 2 x 224 (scale 0.4-1) + 10 x 96 (0.05-0.4) crops, fp16 autocast. The official repo only
-# runs ViT-S in ablations; the paper presumably reuses the ViT-B settings.
+# SimDINO ViT-S/16 (Wu et al. 2025, arXiv:2502.10385), the SimDINO ViT-B/16 recipe
+# (docs/simdino.md#simdino-vit-b16-recipe) with ViT-S: 100 epochs, 8 x 64 = 512 images, AdamW lr
+# 5e-4 x 512/256, 10 warm-up epochs, cosine to 1e-6, weight decay cosine 0.04 -> 0.4, per-tensor
+# clipping 3.0, teacher EMA 0.996 -> 1, 2 x 224 (scale 0.4-1) + 10 x 96 (0.05-0.4) crops, fp16
+# autocast. The official repo only runs ViT-S in ablations; the paper presumably reuses the
+# ViT-B settings.
 _base_ = [
     '../_base_/datasets/imagenet_multicrop.py',
     '../_base_/schedules/adamw_coslr_coswd.py',

@@ -1,5 +1,5 @@
 # SimDINOv2 ViT-B/16 (Wu et al. 2025), the official simdino_config.yaml with arch vit_base
-# (docs simdino.md §2, §3.2): 100 epochs, 8 x 128 = 1024 images, AdamW lr 4e-3, 10 warm-up
+# (docs/simdino.md#simdinov2-recipe): 100 epochs, 8 x 128 = 1024 images, AdamW lr 4e-3, 10 warm-up
 # epochs, cosine to 1e-6, layer-wise lr decay 0.9 (blocks 0.9^(L - i), embeddings 0.9^(L+1),
 # final norm and head 1), patch embedding lr x 0.2, weight decay cosine 0.04 -> 0.4 (none on
 # biases, norms and LayerScale), teacher EMA 0.9 -> 1, global-norm clipping 3.0, bf16 autocast.

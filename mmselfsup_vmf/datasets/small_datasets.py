@@ -1,4 +1,4 @@
-"""Two small labelled image datasets that work fully offline (anchors.md §D).
+"""Two small labelled image datasets that work fully offline (docs/install.md#offline-datasets).
 
 Both keep every image in memory as an ``HxWx3`` uint8 array under ``img`` (like mmpretrain's
 ``MNIST``, which stores ``img`` instead of ``img_path``), so a pipeline starts directly with

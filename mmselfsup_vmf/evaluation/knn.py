@@ -1,7 +1,8 @@
 """Weighted k-NN classification of frozen features (the DINO protocol).
 
-Protocol (Caron et al. 2021, ``eval_knn.py``; the one fixed protocol we report, see
-anchors.md §C.13)::
+Protocol (Caron et al. 2021, arXiv:2104.14294; ``knn_classifier`` in ``eval_knn.py`` of
+facebookresearch/dino at 7c446df5b9f45747937fb0d72314eb9f7b66930a; the one fixed protocol we
+report, see docs/downstream.md#k-nn-accuracy)::
 
     f <- f / ||f||_2                      (train and test features)
     s_ij = <f_i^test, f_j^train>          (cosine similarity)

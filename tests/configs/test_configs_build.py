@@ -1,7 +1,8 @@
 """Every config under configs/ loads with ``Config.fromfile`` and its model builds with the
 registry of its ``default_scope`` (full size, no override: the largest, SimDINOv2 ViT-L,
 takes ~8 s). Self-distillation configs are also checked for consistent widths and
-resolvable hooks / schedulers / transforms, and the DINO recipes against dino_vmf.md §2."""
+resolvable hooks / schedulers / transforms, and the DINO recipes against
+docs/methods.md#dino-and-ibot-recipes."""
 import glob
 import os.path as osp
 
@@ -88,8 +89,8 @@ def check_self_distillation(cfg, model):
             assert t.get('num_global', 2) >= model.num_global_views
 
 
-def test_dino_recipes_match_the_spec():
-    """dino_vmf.md §2: DINO ViT-S/16 and ViT-B/16 published settings."""
+def test_dino_recipes_match_the_published_settings():
+    """docs/methods.md#dino-and-ibot-recipes: DINO ViT-S/16 and ViT-B/16 settings."""
     s, b = load('configs/dino/vit-s16_8xb64.py'), load('configs/dino/vit-b16_8xb64.py')
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         assert MODELS.build(s.model.backbone).embed_dims == 384  # deit-small, not 'small'

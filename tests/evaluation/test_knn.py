@@ -201,7 +201,7 @@ def test_raw_pixel_knn_on_digits_matches_anchor_magnitude(capsys):
         reference_scores(train_f.numpy(), train_y.numpy(), test_f.numpy(), 10, 20, 0.07),
         test_y.numpy())
     assert acc['top1'] == pytest.approx(top1)
-    assert acc['top1'] > 90.0  # anchors.md §D: raw-pixel digits k-NN is ~97%
+    assert acc['top1'] > 90.0  # docs/install.md#offline-datasets: raw-pixel digits 20-NN is 98.0%
 
 
 def test_extract_features_rejects_unlabelled_samples_and_bad_shapes():

@@ -1,8 +1,9 @@
 """Training monitor for prototype methods (DINO, DINO-vMF, iBOT, iBOT-vMF).
 
 Logs the precision spread of the student prototypes, the teacher's entropy and how many
-prototypes its argmax uses, and warns once on the two collapse signatures (DINO-vMF spec,
-pitfall 1): a near-uniform teacher (loss stuck at ln K) and a one-prototype teacher.
+prototypes its argmax uses, and warns once on the two collapse signatures
+(docs/methods.md#collapse-signatures): a near-uniform teacher (loss stuck at ln K) and a
+one-prototype teacher.
 """
 import math
 from typing import Dict, Optional, Sequence

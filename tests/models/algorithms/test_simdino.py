@@ -271,8 +271,8 @@ def test_demo_config_learns(tmp_path):
 
 @pytest.mark.parametrize('name, arch, width', [('vit-s16_8xb64.py', 'deit-small', 384),
                                                ('vit-b16_8xb64.py', 'base', 768)])
-def test_recipe_matches_the_spec(name, arch, width):
-    """simdino.md §3.1 (README command + main_dino.py defaults)."""
+def test_recipe_matches_the_published_one(name, arch, width):
+    """docs/simdino.md#simdino-vit-b16-recipe (README command + main_dino.py defaults)."""
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'simdino', name))
     m = cfg.model
     assert m.type == 'SimDINO' and m.backbone.arch == arch

@@ -1,4 +1,4 @@
-"""SimDINOv2: the masked-patch term inside the algorithm (spec Test D), the masking wiring
+"""SimDINOv2: the masked-patch term inside the algorithm (test D), the masking wiring
 with a real MaskedViT against an independent float64 evaluation, the layer-wise lr recipe,
 clear errors, exact resume and (slow) the demo config learning on the digits data."""
 import os.path as osp
@@ -43,7 +43,7 @@ class PixelTokens(nn.Module):
         return (torch.cat([tokens.mean(1, keepdim=True), tokens], 1), )
 
 
-# spec §5 Test D: 3 global-crop images x 4 patches
+# test D (docs/simdino.md#reference-values-for-the-simdino-tests): 3 images x 4 patches
 TEST_D_MASKS = [[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]]
 TEST_D_STUDENT = [[1, 0, 2, 1], [0, 1, 1, -1], [2, 2, 0, 1], [1, -1, 1, 0], [0, 0, 1, 2]]
 TEST_D_TEACHER = [[1, 1, 2, 0], [1, 1, 0, -1], [2, 1, 1, 1], [0, -1, 1, 1], [1, 0, 1, 2]]
@@ -51,7 +51,7 @@ TEST_D_LOSS = -0.523494966614
 
 
 def test_d_reference_by_hand():
-    """The spec's value from its cosines: -(1/3)[(c1 + c2)/2 + (c3 + c4 + c5)/3]."""
+    """The value from its cosines: -(1/3)[(c1 + c2)/2 + (c3 + c4 + c5)/3]."""
     s, t = np.array(TEST_D_STUDENT, float), np.array(TEST_D_TEACHER, float)
     cos = (s * t).sum(1) / np.linalg.norm(s, axis=1) / np.linalg.norm(t, axis=1)
     np.testing.assert_allclose(cos, [5 / 6, 2 / 3, 0.881917, 2 / 3, 0.912871], atol=1e-6)
@@ -318,8 +318,8 @@ def test_demo_config_learns(tmp_path):
 
 @pytest.mark.parametrize('name, arch, width', [('vit-b16_8xb128.py', 'base', 768),
                                                ('vit-l16_8xb128.py', 'large', 1024)])
-def test_recipe_matches_the_spec(name, arch, width):
-    """simdino.md §2 and §3.2 (simdino_config.yaml over ssl_default_config.yaml)."""
+def test_recipe_matches_the_published_one(name, arch, width):
+    """docs/simdino.md#simdinov2-recipe (simdino_config.yaml over ssl_default_config.yaml)."""
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(REPO, 'configs', 'simdinov2', name))
     m = cfg.model

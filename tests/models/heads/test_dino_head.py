@@ -1,4 +1,4 @@
-"""DINOHead (dino_vmf.md §1.1) against a float64 numpy forward written from the spec:
+"""DINOHead (docs/methods.md#dino-head) against a float64 numpy forward written from the docs:
 Linear-GELU-Linear-GELU-Linear, L2 normalisation, weight-normalised prototypes
 w_k = g_k v_k / ||v_k|| (no bias), scores <w_k, y>."""
 import numpy as np
@@ -14,7 +14,7 @@ def np_gelu(x):
 
 
 def np_head(head, x):
-    """Float64 forward from the head's parameters (read by the spec's names)."""
+    """Float64 forward from the head's parameters (read by the names in the docs)."""
     linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
     h = x.double().numpy()
     for i, lin in enumerate(linears):

@@ -1,4 +1,6 @@
-"""coding_rate against an independent float64 numpy reference (docs/simdino.md §1.5, §5, §6).
+"""coding_rate against an independent float64 numpy reference (docs/simdino.md#coding-rate-term,
+docs/simdino.md#numerics-of-the-coding-rate,
+docs/simdino.md#reference-values-for-the-simdino-tests).
 
 Reference: R = ½ logdet(I_d + d/(n·eps) ZᵀZ) by ``np.linalg.slogdet`` on the d×d matrix,
 gradient ∇_Z R = α Z (I_d + α ZᵀZ)⁻¹ (hand-derived, itself checked by finite differences).
@@ -130,7 +132,7 @@ def test_batched_views(n, d):
 
 # ---------------------------------------------------------------- precision (Test E)
 def near_collapsed_batch():
-    """§5 Test E: a random unit vector plus 1e-3 noise, renormalised, seed 0 (fp64)."""
+    """Test E: a random unit vector plus 1e-3 noise, renormalised, seed 0 (fp64)."""
     torch.manual_seed(0)
     u = torch.nn.functional.normalize(torch.randn(256, dtype=torch.float64), dim=0)
     return torch.nn.functional.normalize(
@@ -140,7 +142,8 @@ def near_collapsed_batch():
 def test_near_collapsed_batch_under_autocast():
     z64 = near_collapsed_batch()
     ref = np_rate(z64.numpy(), 0.05)
-    assert ref == pytest.approx(4.9214899, abs=1e-6)  # the spec's value: our batch is its batch
+    # docs/simdino.md#reference-values-for-the-simdino-tests
+    assert ref == pytest.approx(4.9214899, abs=1e-6)
     # Control: a half-precision covariance is far off (so the tolerances below are tight).
     half_cov = (z64.half().T @ z64.half()).double().numpy()
     half_rate = 0.5 * np.linalg.slogdet(np.eye(256) + 10.0 * half_cov)[1]
@@ -159,7 +162,7 @@ def test_near_collapsed_batch_under_autocast():
         rate.backward()
         assert rate.dtype == torch.float32 and torch.isfinite(rate)
         assert torch.isfinite(z_low.grad.float()).all()
-        # fp32 Cholesky adds ~1e-5 (spec: 4.9214287) to what rounding the features did
+        # fp32 Cholesky adds ~1e-5 (4.9215660 on one thread) to what rounding the features did
         ref_rounded = np_rate(z_low.detach().double().numpy(), 0.05)
         assert abs(rate.item() / ref_rounded - 1) < 1e-4, dtype
         if dtype == torch.float16:

@@ -1,6 +1,7 @@
 """DINOLoss and both centres against an independent float64 numpy reference.
 
-Reference (dino_vmf.md §1.2, §1.6): student ``log p_v = log_softmax(s_v / tau_s)``; teacher
+Reference (docs/methods.md#dino-loss-and-logit-centring, docs/methods.md#probability-centring):
+student ``log p_v = log_softmax(s_v / tau_s)``; teacher
 ``q_i = softmax((t_i - c) / tau_t)`` (logit centre, raw scores *before* the temperature) or
 ``q_i = softmax(t_i / tau_t - log Pbar)`` (probability centre); loss = mean over the pairs
 (i, v != i) of the batch mean of ``-sum_k q log p``; afterwards the centre is updated with
@@ -25,7 +26,7 @@ def np_softmax(x):
 
 
 class ReferenceDINOLoss:
-    """Float64 numpy DINO loss with its centre state, written from the spec."""
+    """Float64 numpy DINO loss with its centre state, written from the docs."""
 
     def __init__(self, k, centering, student_temp=0.1, momentum=0.9):
         self.centering, self.student_temp, self.m = centering, student_temp, momentum

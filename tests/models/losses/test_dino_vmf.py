@@ -1,4 +1,4 @@
-"""DINO-vMF: the spec's end-to-end logit example, the reduction to DINO, centring vs a
+"""DINO-vMF: the three-prototype logit example, the reduction to DINO, centring vs a
 per-prototype constant, and half-precision robustness. (That the DINO-vMF demo config learns
 is tested with the iBOT demos in tests/models/algorithms/test_ibot.py.)"""
 import copy
@@ -11,27 +11,28 @@ from mmselfsup_vmf.models.heads import DINOHead
 from mmselfsup_vmf.models.losses import (DINOLoss, LogitCenter, PrototypeDistillation,
                                          iBOTPatchLoss, prototype_logits)
 
-# spec §4.1 (mpmath, 60 digits): log C_256 at the student's reference kappa 1/tau = 10
+# docs/methods.md#reference-values-for-the-vmf-tests (mpmath, 60 digits): log C_256 at the
+# student's reference kappa 1/tau = 10
 LOG_C256_AT_10 = 344.1397107151
-# spec §4.2: the Debye closed form at p = 256, kappa = 10
+# the same script: the Debye closed form at p = 256, kappa = 10
 DEBYE_LOG_C256_AT_10 = 344.1390665565
-# spec §4.3: d/dkappa log C_256 = -A_256(kappa) at kappa = 10, 25, 100
+# the same script: d/dkappa log C_256 = -A_256(kappa) at kappa = 10, 25, 100
 A256 = {10.0: 0.0390035345, 25.0: 0.0967491070, 100.0: 0.3445393252}
 
 
-# --------------------------------------------------------------------- spec §4.4
-@pytest.mark.parametrize('approximation, logits_spec, log_c_ref', [
+# ------------------------------------------------------- three-prototype example
+@pytest.mark.parametrize('approximation, logits_ref, log_c_ref', [
     ('exact', [380.39774405, 384.54014479, 396.04867219], LOG_C256_AT_10),
     ('debye', [380.39801862, 384.53973759, 396.04864800], DEBYE_LOG_C256_AT_10),
 ])
-def test_spec_three_prototype_example(approximation, logits_spec, log_c_ref):
+def test_three_prototype_example(approximation, logits_ref, log_c_ref):
     """p = 256, tau = 0.1, unit y; ||w|| = (20, 5, 10), cos = (0.5, 0.9, 0.7), so the dot
     products are (10, 4.5, 7) and kappa = (200, 50, 100). prototype_logits subtracts the
-    constant log C_p(1/tau), which the spec's table does not."""
+    constant log C_p(1/tau), which the reference values do not."""
     scores = torch.tensor([[10.0, 4.5, 7.0]], dtype=torch.float64)
     norms = torch.tensor([20.0, 5.0, 10.0], dtype=torch.float64)
     logits = prototype_logits(scores, 0.1, norms, dim=256, approximation=approximation)
-    np.testing.assert_allclose(logits[0].numpy() + log_c_ref, logits_spec, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(logits[0].numpy() + log_c_ref, logits_ref, rtol=0, atol=2e-7)
     probs = torch.softmax(logits, -1)[0].numpy()
     np.testing.assert_allclose(probs, [1.6e-7, 1.004e-5, 0.99998980], rtol=0, atol=5e-9)
     # plain DINO puts all the mass on the large-norm prototype instead
@@ -40,11 +41,12 @@ def test_spec_three_prototype_example(approximation, logits_spec, log_c_ref):
     # float32 input gives the same to float32 precision (the term is computed outside autocast)
     logits32 = prototype_logits(scores.float(), 0.1, norms.float(), dim=256)
     if approximation == 'exact':
-        np.testing.assert_allclose(logits32[0].numpy() + log_c_ref, logits_spec, atol=1e-4)
+        np.testing.assert_allclose(logits32[0].numpy() + log_c_ref, logits_ref, atol=1e-4)
 
 
 def test_vmf_term_gradient_reaches_the_norms():
-    """d l_k / d||w_k|| = -(1/tau) A_p(||w_k||/tau) from the log-normaliser (spec §1.4)."""
+    """d l_k / d||w_k|| = -(1/tau) A_p(||w_k||/tau) from the log-normaliser
+    (docs/methods.md#dino-vmf-logits)."""
     norms = torch.tensor([1.0, 2.5, 10.0], dtype=torch.float64, requires_grad=True)
     logits = prototype_logits(torch.zeros(1, 3, dtype=torch.float64), 0.1, norms, dim=256)
     logits.sum().backward()

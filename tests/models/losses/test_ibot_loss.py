@@ -109,7 +109,7 @@ def test_patch_probability_centre_hand_values():
 
 def test_patch_loss_vmf_uses_patch_norms():
     """With vmf the patch logits get log C_p(||w_k|| / tau) - log C_p(1 / tau); at p = 3,
-    log C_3(k) = log k - log 2pi - k - log(1 - exp(-2k)) (closed form, spec §1.5)."""
+    log C_3(k) = log k - log 2pi - k - log(1 - exp(-2k)) (docs/methods.md#vmf-log-normaliser)."""
     def log_c3(k):
         return math.log(k) - math.log(2 * math.pi) - k - math.log1p(-math.exp(-2 * k))
 

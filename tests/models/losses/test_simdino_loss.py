@@ -1,6 +1,7 @@
 """SimDINOLoss and the SimDINOv2 patch loss against independent float64 numpy references.
 
-The reference re-derives the official MCRLoss semantics (docs/simdino.md §1.4–1.6, §1.8):
+The reference re-derives the official MCRLoss semantics (docs/simdino.md#alignment-term,
+docs/simdino.md#coding-rate-term, docs/simdino.md#distributed-coding-rate):
 comp averages cos(t_g, s_v) over the batch then over the 2V−2 pairs v ≠ g; the rate is
 ½ logdet(I + d/(n·eps) Z_gᵀZ_g) per global view with Z_g = (s_g + t_g)/2 ('mean') or s_g
 ('student'), n the GLOBAL batch; γ = (d + n)/(d·n). Gradients by central differences.
@@ -151,7 +152,7 @@ TEST_D_STUDENT = [[1, 0, 2, 1], [0, 1, 1, -1], [2, 2, 0, 1], [1, -1, 1, 0], [0, 
 TEST_D_TEACHER = [[1, 1, 2, 0], [1, 1, 0, -1], [2, 1, 1, 1], [0, -1, 1, 1], [1, 0, 1, 2]]
 
 
-def test_patch_loss_spec_test_d():
+def test_patch_loss_test_d():
     s = np.array(TEST_D_STUDENT, dtype=np.float64)
     t = np.array(TEST_D_TEACHER, dtype=np.float64)
     cos = np.sum(np_unit(s) * np_unit(t), axis=-1)

@@ -1,6 +1,6 @@
 """vmf_log_normalizer / vmf_mean_resultant_length against independent references: mpmath Bessel
-functions (60 digits), the p=3 closed form, the kappa -> 0 limit, and numbers hand-copied from
-docs/dino_vmf.md section 4."""
+functions (60 digits), the p=3 closed form, the kappa -> 0 limit, and the numbers printed by the
+script in docs/methods.md#reference-values-for-the-vmf-tests."""
 import math
 
 import mpmath
@@ -74,8 +74,8 @@ def test_float32_is_the_float64_result_rounded(mp_reference):
         assert np.abs(grad.double().numpy() + ref_ratio).max() < 6e-8, dim
 
 
-# docs/dino_vmf.md table 4.1 (log C) and 4.3 (gradient), 10 decimals.
-SPEC_LOG_C = {
+# docs/methods.md#reference-values-for-the-vmf-tests: log C and its gradient, 10 decimals.
+REF_LOG_C = {
     (3, 0.1): -2.5326903584, (16, 1.0): -1.3570208777, (64, 25.0): 36.1909674061,
     (64, 1000.0): -839.8182594405, (256, 0.001): 344.3348756521, (256, 10.0): 344.1397107151,
     (256, 100.0): 326.0486721899, (256, 10000.0): -9059.2044615561,
@@ -83,18 +83,18 @@ SPEC_LOG_C = {
     (768, 1.0): 1458.7205000766,
     (768, 100.0): 1452.2645803392, (768, 10000.0): -7165.3264144973,
 }
-SPEC_GRAD = {
+REF_GRAD = {
     (3, 1.0): -0.3130352855, (16, 10.0): -0.4876216680, (64, 100.0): -0.7323801941,
     (256, 0.1): -0.0003906249, (256, 25.0): -0.0967491070, (256, 1000.0): -0.8805400656,
     (768, 10.0): -0.0130186322, (768, 1000.0): -0.6873995803,
 }
 
 
-def test_spec_reference_tables():
-    for (dim, k), expected in SPEC_LOG_C.items():
+def test_reference_tables():
+    for (dim, k), expected in REF_LOG_C.items():
         value = vmf_log_normalizer(torch.tensor([k], dtype=torch.float64), dim)
         assert abs(value.item() - expected) < 1e-9, (dim, k)
-    for (dim, k), expected in SPEC_GRAD.items():
+    for (dim, k), expected in REF_GRAD.items():
         _, grad = value_and_grad(torch.tensor([k], dtype=torch.float64), dim)
         assert abs(grad.item() - expected) < 1e-9, (dim, k)
 
@@ -120,8 +120,8 @@ def test_kappa_zero_limit(dtype):
                               rtol=1e-7 if dtype == torch.float32 else 1e-13, atol=1e-10), dim
         assert (grad == 0).all()
         assert (vmf_mean_resultant_length(torch.zeros(1, dtype=dtype), dim) == 0).all()
-    spec = {3: -2.5310242470, 256: 344.3348756540, 768: 1458.7211511177}
-    for dim, value in spec.items():
+    limits = {3: -2.5310242470, 256: 344.3348756540, 768: 1458.7211511177}
+    for dim, value in limits.items():
         assert abs(vmf_log_normalizer(torch.zeros(1, dtype=torch.float64), dim).item() -
                    value) < 1e-9
 
@@ -165,27 +165,27 @@ def test_mean_resultant_length_derivative_against_mpmath():
     assert abs(grad0.item() - 1 / 64) < 1e-14  # A_p(k) ~ k/p
 
 
-# docs/dino_vmf.md 4.2: the Debye closed form at p=256, kappa: (value, d/dkappa).
-SPEC_DEBYE_256 = {
+# docs/methods.md#vmf-log-normaliser: the Debye closed form at p=256, kappa: (value, d/dkappa).
+REF_DEBYE_256 = {
     0.001: (344.3342194854, -3.9060e-6), 1.0: (344.3322664983, -0.0039059487),
     10.0: (344.1390665565, -0.0390011530), 25.0: (343.1192928057, -0.0967436488),
     100.0: (326.0486480009, -0.3445331378), 1000.0: (-345.5328151056, -0.8805401780),
     10000.0: (-9059.2044490598, -0.9873306498),
 }
-# docs/dino_vmf.md 4.2: Debye minus exact, 3 significant digits.
-SPEC_DEBYE_ERROR = {
+# Debye minus exact, 3 significant digits (same script).
+REF_DEBYE_ERROR = {
     (3, 0.001): -1.53e-01, (3, 1.0): 3.29e-02, (16, 10.0): 4.41e-03, (64, 25.0): -6.28e-05,
     (256, 100.0): -2.42e-05, (768, 0.1): -2.18e-04, (768, 1000.0): 9.19e-05,
 }
 
 
-def test_debye_option_reproduces_spec_and_is_less_accurate():
-    k = torch.tensor(list(SPEC_DEBYE_256), dtype=torch.float64)
+def test_debye_option_reproduces_reference_and_is_less_accurate():
+    k = torch.tensor(list(REF_DEBYE_256), dtype=torch.float64)
     log_c, grad = value_and_grad(k, 256, 'debye')
-    expected = torch.tensor(list(SPEC_DEBYE_256.values()), dtype=torch.float64)
+    expected = torch.tensor(list(REF_DEBYE_256.values()), dtype=torch.float64)
     assert torch.allclose(log_c, expected[:, 0], rtol=0, atol=1e-9)
     assert torch.allclose(grad, expected[:, 1], rtol=0, atol=1e-10)
-    for (dim, kappa), diff in SPEC_DEBYE_ERROR.items():
+    for (dim, kappa), diff in REF_DEBYE_ERROR.items():
         x = torch.tensor([kappa], dtype=torch.float64)
         got = vmf_log_normalizer(x, dim, 'debye') - vmf_log_normalizer(x, dim)
         assert abs(got.item() - diff) <= 0.01 * abs(diff), (dim, kappa)
@@ -194,7 +194,7 @@ def test_debye_option_reproduces_spec_and_is_less_accurate():
         ref = mp_log_c_and_ratio(dim, 1e-3)[0]
         err = vmf_log_normalizer(torch.tensor([1e-3], dtype=torch.float64), dim, 'debye') - ref
         assert abs(err.item() + 1 / (12 * (dim / 2 - 1))) < 0.02 / (12 * (dim / 2 - 1)), dim
-    # Evaluated in float32 it also carries float32 rounding (spec: 1e-3 absolute at p=256).
+    # Evaluated in float32 it also carries float32 rounding (bounded here by 1e-3 at p=256).
     k32 = torch.tensor(KAPPAS[KAPPAS <= 1e4], dtype=torch.float32)
     debye32 = vmf_log_normalizer(k32, 256, 'debye')
     assert debye32.dtype == torch.float32
@@ -203,7 +203,7 @@ def test_debye_option_reproduces_spec_and_is_less_accurate():
 
 
 def test_three_prototype_logits():
-    """docs/dino_vmf.md 4.4: logits s/tau + log C_256(||w||/tau), tau = 0.1."""
+    """docs/methods.md#reference-values-for-the-vmf-tests: logits s/tau + log C_256(||w||/tau)."""
     tau = 0.1
     norms = torch.tensor([20.0, 5.0, 10.0], dtype=torch.float64)
     dots = torch.tensor([10.0, 4.5, 7.0], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Schedules against closed forms (dino_vmf.md §2).
+"""Schedules against closed forms (docs/methods.md#dino-and-ibot-recipes).
 
 - teacher temperature: ``np.linspace(start, end, W)`` per epoch, then ``end``;
 - LR and weight decay: the real mmengine schedulers of
