@@ -11,6 +11,9 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # epoch/iteration/run length -> the model's schedules (teacher temperature, EMA, masks)
     train_progress=dict(type='TrainProgressHook'),
+    # a default hook (not a custom one) so configs that restate custom_hooks keep it
+    divergence=dict(type='DivergenceGuardHook'),
+    unreadable_samples=dict(type='UnreadableSampleHook'),  # SeededDataset(skip_bad_samples)
 )
 # RNG states go into checkpoints so that --resume continues exactly
 custom_hooks = [dict(type='RandomStateHook')]
