@@ -79,8 +79,9 @@ def set_trust(trust: bool = True) -> None:
 
 
 def _first_line(e: BaseException) -> str:
+    """``Type: first sentence`` (torch appends paragraphs of advice to its messages)."""
     text = str(e).strip()
-    return f'{type(e).__name__}: {text.splitlines()[0] if text else ""}'
+    return f'{type(e).__name__}: {text.splitlines()[0].split(". ")[0] if text else ""}'
 
 
 def _offending_type(source, error: Exception) -> str:

@@ -98,9 +98,12 @@ def test_auto_resume_with_a_pointer_to_a_missing_file(three_epochs):
     cfg, work, _ = three_epochs
     (work / 'last_checkpoint').write_text(str(work / 'epoch_9.pth'))
     os.remove(work / 'epoch_3.pth')
+    stale = work / '.epoch_3.pth.x1y2z3.tmp'  # a writer killed before its rename
+    stale.write_bytes(b'partial')
     runner = resume_runner(cfg)
     runner.train()
     assert runner.iter == 3 * 2  # resumed at epoch 2 (2 iterations per epoch), finished
+    assert not stale.exists()
 
 
 def test_explicit_unreadable_checkpoint_names_the_alternative(three_epochs):

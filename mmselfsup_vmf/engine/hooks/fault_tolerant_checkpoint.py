@@ -111,6 +111,7 @@ class FaultTolerantCheckpointHook(CheckpointHook):
             set_trust(True)
             self._trust_set_here = True
         if getattr(runner, '_resume', False):
+            self._remove_stale_temporaries(runner.work_dir)
             self._choose_resume_checkpoint(runner)
 
     def after_run(self, runner) -> None:
@@ -139,7 +140,6 @@ class FaultTolerantCheckpointHook(CheckpointHook):
         if latest is not None and checkpoint_iteration(latest) is not None:
             runner._load_from = latest
             return
-        self._remove_stale_temporaries(runner.work_dir)
         chosen = newest_readable_checkpoint(runner.work_dir, exclude=latest)
         if chosen is None:
             if latest is not None:
@@ -156,7 +156,8 @@ class FaultTolerantCheckpointHook(CheckpointHook):
 
     @staticmethod
     def _remove_stale_temporaries(directory: str) -> None:
-        """Partial files of a writer killed before its rename (never a checkpoint)."""
+        """Partial files of a writer killed before its rename (never a checkpoint); the
+        resumed run owns its work dir."""
         if not is_main_process() or not osp.isdir(directory):
             return
         for name in os.listdir(directory):
