@@ -21,6 +21,7 @@ from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from mmselfsup_vmf.utils.safe_load import TRUST_ENV, UntrustedCheckpointError
+from test_resume_exact import assert_bitwise_equal
 from testing_utils import ROOT, load_tool
 from tiny_dino_cfg import tiny_dino_cfg
 
@@ -162,27 +163,6 @@ def test_http_loader_refuses(tmp_path, evil, monkeypatch):
 
 
 # --------------------------------------------------------------------------- what still loads
-def assert_same(a, b, path='ckpt'):
-    """Recursive equality of two loads (tensors, numpy arrays, HistoryBuffers, containers)."""
-    assert type(a) is type(b), f'{path}: {type(a)} vs {type(b)}'
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and np.array_equal(a, b), path
-    elif isinstance(a, dict):
-        assert list(a) == list(b), path
-        for k in a:
-            assert_same(a[k], b[k], f'{path}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f'{path}[{i}]')
-    elif isinstance(a, HistoryBuffer):
-        assert_same(vars(a), vars(b), path)
-    else:
-        assert a == b, path
-
-
 @pytest.fixture(scope='module')
 def runner_checkpoints(tmp_path_factory):
     """epoch_3.pth of a real Runner run of each method's demo config (64 images, 3 epochs
@@ -210,7 +190,7 @@ def test_runner_checkpoints_of_every_method_load(runner_checkpoints, method):
     assert {'meta', 'state_dict', 'message_hub', 'optimizer', 'param_schedulers',
             'random_state'} <= set(safe)
     assert isinstance(safe['random_state'][0]['numpy'][1], np.ndarray)
-    assert_same(safe, torch.load(path, map_location='cpu', weights_only=False))
+    assert_bitwise_equal(safe, torch.load(path, map_location='cpu', weights_only=False))
 
 
 @pytest.mark.slow

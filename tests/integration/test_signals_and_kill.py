@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-import torch
 from mmengine.runner import Runner
 
 from mmselfsup_vmf.utils.safe_load import load_checkpoint_file
