@@ -13,7 +13,7 @@ from typing import Iterator, Tuple
 import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
-from mmpretrain.registry import DATASETS, DATA_SAMPLERS
+from mmpretrain.registry import DATA_SAMPLERS, DATASETS
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

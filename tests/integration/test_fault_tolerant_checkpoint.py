@@ -14,12 +14,12 @@ import pytest
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-
-from mmselfsup_vmf.engine.atomic_file_backend import AtomicLocalBackend
-from mmselfsup_vmf.utils.safe_load import UnreadableCheckpointError, load_checkpoint_file
 from test_resume_exact import assert_bitwise_equal
 from testing_utils import mmengine_messages
 from tiny_dino_cfg import ROOT, tiny_dino_cfg
+
+from mmselfsup_vmf.engine.atomic_file_backend import AtomicLocalBackend
+from mmselfsup_vmf.utils.safe_load import UnreadableCheckpointError, load_checkpoint_file
 
 
 class _FilesAtSave(Hook):

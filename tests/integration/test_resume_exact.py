@@ -11,7 +11,6 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
-
 from tiny_dino_cfg import tiny_dino_cfg
 
 EPOCHS, ITERS = 4, 2

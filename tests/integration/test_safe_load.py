@@ -18,12 +18,12 @@ from mmengine.logging import HistoryBuffer
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
-from torch.serialization import get_unsafe_globals_in_checkpoint
-
-from mmselfsup_vmf.utils.safe_load import TRUST_ENV, UntrustedCheckpointError
 from test_resume_exact import assert_bitwise_equal
 from testing_utils import ROOT, load_tool
 from tiny_dino_cfg import tiny_dino_cfg
+from torch.serialization import get_unsafe_globals_in_checkpoint
+
+from mmselfsup_vmf.utils.safe_load import TRUST_ENV, UntrustedCheckpointError
 
 METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')
 #: What a Runner checkpoint of this project references beyond torch's own types, read off

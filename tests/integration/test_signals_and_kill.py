@@ -14,10 +14,10 @@ import time
 
 import pytest
 from mmengine.runner import Runner
-
-from mmselfsup_vmf.utils.safe_load import load_checkpoint_file
 from test_resume_exact import assert_bitwise_equal
 from tiny_dino_cfg import ROOT, tiny_dino_cfg
+
+from mmselfsup_vmf.utils.safe_load import load_checkpoint_file
 
 EPOCHS, ITERS = 4, 6  # 48 images, batch 8; a checkpoint every epoch, the last 2 kept
 SEED = int(os.environ.get('MMSV_FAULT_SEED', random.SystemRandom().randrange(10**6)))

@@ -22,8 +22,12 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmpretrain.registry import HOOKS
 
-from ...utils.safe_load import (UnreadableCheckpointError, load_checkpoint_file, set_trust,
-                                trust_enabled)
+from ...utils.safe_load import (
+    UnreadableCheckpointError,
+    load_checkpoint_file,
+    set_trust,
+    trust_enabled,
+)
 from ..atomic_file_backend import is_stale_temporary
 
 
