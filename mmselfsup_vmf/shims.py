@@ -1,10 +1,12 @@
 """Two small compatibility shims for the pinned OpenMMLab stack.
 
-1. ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, but mmengine 0.10.x
-   calls it without the flag, so it cannot read the checkpoints mmengine itself writes
-   (they pickle a ``HistoryBuffer``). We re-register mmengine's local-file loader with
-   ``weights_only=False``; ``Runner.resume``, ``load_checkpoint`` and mmseg's
-   ``init_model`` all go through it.
+1. mmengine 0.10.x cannot read its own checkpoints with torch >= 2.6's
+   ``weights_only=True`` default (they pickle a ``HistoryBuffer``), and its http loader
+   passes ``weights_only=False`` (any code in the file runs). Every scheme loader of
+   mmengine's ``CheckpointLoader`` is replaced by one that reads with
+   ``weights_only=True`` and the allowlist of :mod:`mmselfsup_vmf.utils.safe_load`;
+   ``Runner.resume``, ``load_from``, ``load_checkpoint``, ``init_cfg=Pretrained`` (mmpretrain,
+   mmseg) all go through it.
 2. ``mmcv-lite`` (CPU machines) has no compiled ``mmcv._ext``; ``import mmseg.models``
    then fails on a module-level ``from mmcv.ops import point_sample``. We install a light
    ``mmcv.ops`` that exposes the pure-PyTorch ops and raises ``ModuleNotFoundError`` for
@@ -15,20 +17,15 @@ import os.path as osp
 import sys
 import types
 
-import torch
-
-
-def load_from_local(filename, map_location=None):
-    """mmengine's local checkpoint loader, with ``weights_only=False``."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file {filename} can not be found.')
-    return torch.load(filename, map_location=map_location, weights_only=False)
-
 
 def apply_checkpoint_loader_shim() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+
+    from .utils.safe_load import guard_scheme_loader, load_from_local
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        CheckpointLoader.register_scheme(
+            prefixes=prefix, force=True,
+            loader=load_from_local if prefix == '' else guard_scheme_loader(loader))
 
 
 def _mmcv_has_compiled_ops() -> bool:

@@ -13,7 +13,8 @@ from mmselfsup_vmf import shims
 
 def test_mmengine_checkpoints_with_pickled_objects_load(tmp_path):
     """torch >= 2.6 defaults to weights_only=True, which refuses what mmengine pickles into
-    its own checkpoints (HistoryBuffer, numpy arrays); the shimmed loader reads them."""
+    its own checkpoints (HistoryBuffer, numpy arrays); the shimmed loader reads them (with an
+    allowlist: tests/test_safe_load.py)."""
     model = torch.nn.Linear(3, 2)
     path = str(tmp_path / 'ckpt.pth')
     torch.save({'state_dict': model.state_dict(),
@@ -30,7 +31,7 @@ def test_mmengine_checkpoints_with_pickled_objects_load(tmp_path):
 
 def test_checkpoint_loader_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
-        shims.load_from_local(str(tmp_path / 'nope.pth'))
+        CheckpointLoader.load_checkpoint(str(tmp_path / 'nope.pth'))
 
 
 @pytest.mark.skipif(importlib.util.find_spec('mmcv._ext') is not None,

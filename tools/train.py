@@ -25,6 +25,10 @@ def parse_args(argv=None):
                         help='scale the lr by total batch / auto_scale_lr.base_batch_size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle any type in the resumed/loaded checkpoints (can run '
+                        'code: only for files you trust); same as trust_checkpoint=True in the '
+                        'config; default: tensors and the types mmengine writes')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--threads', type=int, default=None,
@@ -58,6 +62,9 @@ def merge_args(cfg: Config, args) -> Config:
     if args.auto_scale_lr:
         cfg.setdefault('auto_scale_lr', dict(base_batch_size=256))
         cfg.auto_scale_lr.enable = True
+    if args.trust_checkpoint or cfg.get('trust_checkpoint'):
+        from mmselfsup_vmf.utils.safe_load import set_trust
+        set_trust(True)
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
@@ -74,7 +81,11 @@ def main(argv=None):
     print(set_torch_threads(args.threads, workers)[1], flush=True)
     runner = Runner.from_cfg(cfg)
     add_checkpoint_check(runner)
-    runner.train()
+    from mmselfsup_vmf.utils.safe_load import UnreadableCheckpointError, UntrustedCheckpointError
+    try:
+        runner.train()
+    except (UntrustedCheckpointError, UnreadableCheckpointError) as e:
+        raise SystemExit(f'error: {e}')
     return runner
 
 

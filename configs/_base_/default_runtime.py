@@ -7,13 +7,16 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3, save_last=True),
+    # mmengine's CheckpointHook with atomic writes and removal after the new save
+    checkpoint=dict(type='FaultTolerantCheckpointHook', interval=10, max_keep_ckpts=3,
+                    save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # epoch/iteration/run length -> the model's schedules (teacher temperature, EMA, masks)
     train_progress=dict(type='TrainProgressHook'),
     # a default hook (not a custom one) so configs that restate custom_hooks keep it
     divergence=dict(type='DivergenceGuardHook'),
     unreadable_samples=dict(type='UnreadableSampleHook'),  # SeededDataset(skip_bad_samples)
+    stop_on_signal=dict(type='StopOnSignalHook'),  # SIGTERM/SIGINT: save and exit
 )
 # RNG states go into checkpoints so that --resume continues exactly
 custom_hooks = [dict(type='RandomStateHook')]

@@ -3,5 +3,6 @@
 _base_ = ['./default_runtime.py']
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_last=True))
+    checkpoint=dict(type='FaultTolerantCheckpointHook', interval=1, max_keep_ckpts=2,
+                    save_last=True))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

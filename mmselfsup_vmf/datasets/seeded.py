@@ -6,13 +6,14 @@ straight and a resumed run. ``EpochIndexSampler`` yields ``(index, epoch, seed)`
 ``SeededDataset`` runs the wrapped pipeline under RNGs seeded from that key, restoring the
 process RNGs afterwards, whatever the number of workers.
 """
+import itertools
 import random
 from typing import Iterator, Tuple
 
 import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
-from mmpretrain.registry import DATASETS, DATA_SAMPLERS
+from mmpretrain.registry import DATA_SAMPLERS, DATASETS
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -22,10 +23,21 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 @DATA_SAMPLERS.register_module()
 class EpochIndexSampler(DefaultSampler):
-    """mmengine's DefaultSampler (same order, same sharding) yielding (index, epoch, seed)."""
+    """mmengine's DefaultSampler (same order, same sharding) yielding (index, epoch, seed).
+
+    ``skip_once(n)`` drops the first ``n`` indices of the next pass only: resuming a
+    checkpoint saved in the middle of an epoch (``StopOnSignalHook``) continues that epoch's
+    order where it stopped.
+    """
+
+    _skip = 0
+
+    def skip_once(self, num_indices: int) -> None:
+        self._skip = int(num_indices)
 
     def __iter__(self) -> Iterator[Tuple[int, int, int]]:
-        for index in super().__iter__():
+        skip, self._skip = self._skip, 0
+        for index in itertools.islice(super().__iter__(), skip, None):
             yield (int(index), self.epoch, self.seed)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
-
 from tiny_dino_cfg import tiny_dino_cfg
 
 EPOCHS, ITERS = 4, 2
@@ -48,6 +48,12 @@ def assert_bitwise_equal(a, b, path='state'):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
             assert_bitwise_equal(x, y, f'{path}[{i}]')
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, path
+        assert np.array_equal(a, b), f'{path} differs'
+    elif isinstance(a, HistoryBuffer):  # message-hub buffers: compare their data
+        assert type(b) is HistoryBuffer, path
+        assert_bitwise_equal(vars(a), vars(b), path)
     else:
         assert a == b, f'{path}: {a!r} != {b!r}'
 

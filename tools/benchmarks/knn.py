@@ -6,11 +6,14 @@ for its class with weight exp(s / T); T = 0.07; k in {10, 20, 100, 200}.
 
 Usage: python tools/benchmarks/knn.py CONFIG CHECKPOINT [--key teacher|student]
            [--k 10 20 100 200] [--temperature 0.07] [--out result.json] [--cfg-options ...]
+           [--trust-checkpoint]
 
 CONFIG is the pre-training config. The labelled sets are, in this order,
 ``knn_train_dataloader`` / ``knn_val_dataloader`` of the config, or the dataloaders of its
 ``KNNHook``. CHECKPOINT is a pre-training checkpoint, or a backbone exported by
-``tools/model_converters/extract_backbone.py`` (loaded into the ``--key`` backbone).
+``tools/model_converters/extract_backbone.py`` (loaded into the ``--key`` backbone). It is
+read with ``weights_only=True`` and mmengine's allowlist (``mmselfsup_vmf/utils/safe_load.py``)
+unless ``--trust-checkpoint`` is given.
 """
 import argparse
 import json
@@ -18,6 +21,7 @@ import os.path as osp
 import sys
 from typing import Dict, Optional, Sequence, Tuple
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # checkout
 
 DEFAULT_KS = (10, 20, 100, 200)
 
@@ -130,7 +134,13 @@ def main(argv=None) -> int:
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle any type in CHECKPOINT (can run code: only for files '
+                        'you trust)')
     args = parser.parse_args(argv)
+    if args.trust_checkpoint:
+        from mmselfsup_vmf.utils.safe_load import set_trust
+        set_trust(True)
     try:
         result = run_knn(args.config, args.checkpoint, args.key, args.k, args.temperature,
                          args.cfg_options, not args.no_progress, args.device)

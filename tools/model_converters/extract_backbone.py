@@ -11,7 +11,13 @@ Inputs
     DINOv2-style keys (``blocks.C.N`` chunks, ``ls1.gamma``, ``register_tokens``) are read
     too, for SimDINOv2.
 
-Output: ``{'state_dict': ..., 'meta': {...}}`` (tensors and plain python values only).
+Output: ``{'state_dict': ..., 'meta': {...}}`` (tensors and plain python values only: it
+loads with ``torch.load(weights_only=True)`` and no allowlist).
+
+Loading never runs code from the input: it is read with ``weights_only=True`` and the
+allowlist of ``mmselfsup_vmf/utils/safe_load.py`` (plus ``argparse.Namespace`` for the
+official training checkpoints' ``args``); ``--trust-checkpoint`` lifts that for a file you
+trust.
   * ``--to mmpretrain`` (default): mmpretrain ``VisionTransformer`` / ``ResNet`` keys, so
     ``init_cfg=dict(type='Pretrained', checkpoint=OUT)`` loads it with no missing or
     unexpected keys; pass ``--prefix backbone.`` for configs that load with
@@ -23,6 +29,7 @@ Output: ``{'state_dict': ..., 'meta': {...}}`` (tensors and plain python values 
 
 Usage: python tools/model_converters/extract_backbone.py CKPT OUT [--key teacher|student]
            [--to mmpretrain|timm] [--from dino|ibot|simdino] [--prefix backbone.]
+           [--trust-checkpoint]
 """
 import argparse
 import os
@@ -33,6 +40,9 @@ from collections import OrderedDict
 from typing import List, Optional, Tuple
 
 import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # checkout
+from mmselfsup_vmf.utils import safe_load  # noqa: E402
 
 # --------------------------------------------------------------------------- key tables
 #: mmpretrain ViT key -> timm ViT key. ``{i}`` is a block index, ``{p}`` weight|bias.
@@ -90,17 +100,14 @@ def _rename(key: str, table: List[Tuple[str, str]], reverse: bool = False) -> Op
 
 
 # --------------------------------------------------------------------------- loading
-def load_checkpoint_file(path: str) -> dict:
-    """``torch.load`` on CPU with a one-line error for a missing or unreadable file."""
+def load_checkpoint_file(path: str, official: bool = False) -> dict:
+    """Safe ``torch.load`` on CPU with a one-line error for a missing, unreadable or
+    untrusted file; ``official`` also admits the ``argparse.Namespace`` of the official
+    repositories' training checkpoints (attributes only, no code)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        # Training checkpoints pickle more than tensors (mmengine's HistoryBuffer, DINO's
-        # argparse Namespace), so weights_only=False; only load files you trust.
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # noqa: BLE001  (torch raises many types for a bad file)
-        raise ValueError(f'{path}: not a readable torch checkpoint ({type(e).__name__}: '
-                         f'{str(e).splitlines()[0] if str(e) else ""})') from e
+    ckpt = safe_load.load_checkpoint_file(path, map_location='cpu',
+                                          extra_safe=[argparse.Namespace] if official else ())
     if not isinstance(ckpt, dict):
         raise ValueError(f'{path}: expected a dict checkpoint, got {type(ckpt).__name__}')
     return ckpt
@@ -258,7 +265,7 @@ def extract_backbone(src: str, dst: str, key: str = 'teacher', to: str = 'mmpret
         raise ValueError(f'--from must be one of {SOURCES}, got {source!r}')
     if key not in OUR_PREFIXES:
         raise ValueError(f"--key must be 'teacher' or 'student', got {key!r}")
-    ckpt = load_checkpoint_file(src)
+    ckpt = load_checkpoint_file(src, official=source is not None)
     if source is None:
         state = select_our_backbone(ckpt, key, src)
     else:
@@ -301,11 +308,16 @@ def parse_args(argv=None):
     parser.add_argument('--prefix', default='',
                         help="prepend this to every key, e.g. 'backbone.' for configs that "
                         "load with init_cfg prefix='backbone.'")
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle any type in CHECKPOINT (can run code: only for files '
+                        'you trust); default: tensors and the types mmengine writes')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.trust_checkpoint:
+        safe_load.set_trust(True)
     try:
         out = extract_backbone(args.checkpoint, args.out, key=args.key, to=args.to,
                                source=args.source, prefix=args.prefix)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # checkout
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -228,11 +230,16 @@ def parse_args(argv=None):
                         help='resize to this square size first (DINO: 480); 0 keeps the size')
     parser.add_argument('--patch-size', type=int, default=None,
                         help='patch size (default: read from the backbone)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle any type in CHECKPOINT (can run code: only for files '
+                        'you trust)')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.trust_checkpoint:
+        _load_extractor().safe_load.set_trust(True)
     try:
         maps, paths = attention_maps(args.config, args.checkpoint, args.image, args.out,
                                      args.key, args.image_size or None, args.patch_size)

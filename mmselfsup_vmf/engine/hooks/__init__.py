@@ -6,3 +6,5 @@ from .checkpoint_check import CheckpointMatchHook  # noqa: F401
 from .train_progress import TrainProgressHook  # noqa: F401
 from .divergence_guard import DivergenceGuardHook  # noqa: F401
 from .unreadable_samples import UnreadableSampleHook  # noqa: F401
+from .fault_tolerant_checkpoint import FaultTolerantCheckpointHook  # noqa: F401
+from .stop_on_signal import StopOnSignalHook, TrainingInterrupted  # noqa: F401

@@ -7,6 +7,8 @@ from mmengine import dist
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 
+from .stop_on_signal import MID_EPOCH_KEY
+
 
 def get_random_state() -> dict:
     state = dict(python=random.getstate(), numpy=np.random.get_state(),
@@ -27,8 +29,9 @@ def set_random_state(state: dict) -> None:
 @HOOKS.register_module()
 class RandomStateHook(Hook):
     """Stores every rank's python/numpy/torch RNG state in the checkpoint (``random_state``)
-    and, on resume, restores it just before the next training epoch starts — the point where
-    a straight run would continue with that state. mmengine itself only re-seeds on resume,
+    and, on resume, restores it just before the next training epoch starts (for a checkpoint
+    saved within an epoch: before the next iteration) — the point where a straight run would
+    continue with that state. mmengine itself only re-seeds on resume,
     so drop-path and other in-model randomness would otherwise differ after a resume.
     Augmentations are made independent of process history by ``SeededDataset``.
     """
@@ -37,6 +40,7 @@ class RandomStateHook(Hook):
 
     def __init__(self):
         self._pending = None
+        self._at_first_iter = False
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint['random_state'] = dist.all_gather_object(get_random_state())
@@ -46,9 +50,17 @@ class RandomStateHook(Hook):
         if states and getattr(runner, '_resume', False):
             rank = dist.get_rank()
             self._pending = states[rank] if rank < len(states) else states[0]
+            # saved between two iterations of an epoch (StopOnSignalHook): the straight run
+            # built that epoch's data iterator (which draws a base seed) before the save
+            self._at_first_iter = bool((checkpoint.get('meta') or {}).get(MID_EPOCH_KEY))
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if self._pending is not None and self._at_first_iter:
+            set_random_state(self._pending)
+            self._pending = None
 
     def before_train_epoch(self, runner) -> None:
-        if self._pending is None:
+        if self._pending is None or self._at_first_iter:
             return
         loader = runner.train_dataloader
         if (getattr(loader, 'persistent_workers', False) and loader.num_workers > 0

@@ -1,0 +1,1 @@
+"""Stack-level utilities (no registration): safe checkpoint loading, atomic file writes."""
