@@ -14,8 +14,9 @@ Numerics:
 - Sylvester: logdet(I_d + αZᵀZ) = logdet(I_n + αZZᵀ); the smaller matrix is used unless
   the covariance is all-reduced across ranks (only the d×d form can be summed).
 - No host synchronisation on an accelerator (``numerics.host_checks_are_free``): on the CPU
-  non-finite features and a failed Cholesky raise at once with the details; elsewhere the
-  rate is NaN for such inputs, which the divergence guard reports by term name.
+  non-finite features and a failed Cholesky raise at once with the details; elsewhere, and
+  inside ``SimDINOLoss`` (``check_values=False``), the rate is NaN for such inputs, which the
+  divergence guard reports with the iteration and the term (``loss_expa``).
 """
 import math
 from typing import Optional
@@ -38,7 +39,7 @@ def _check_eps(eps) -> float:
     return eps
 
 
-def _check_features(z) -> None:
+def _check_features(z, check_values: bool) -> None:
     if not isinstance(z, Tensor):
         raise TypeError(f'coding_rate: z must be a Tensor, got {type(z).__name__}')
     if z.dim() not in (2, 3) or z.shape[-2] < 1 or z.shape[-1] < 1:
@@ -47,7 +48,7 @@ def _check_features(z) -> None:
             f'got shape {tuple(z.shape)}')
     if not (z.is_floating_point()):
         raise TypeError(f'coding_rate: z must be a floating tensor, got {z.dtype}')
-    if host_checks_are_free(z) and not bool(torch.isfinite(z).all()):
+    if check_values and not bool(torch.isfinite(z).all()):
         raise FloatingPointError(
             f'coding_rate: the features of shape {tuple(z.shape)} contain NaN or Inf '
             '(diverged training? check the loss scale / learning rate)')
@@ -56,7 +57,8 @@ def _check_features(z) -> None:
 def coding_rate(z: Tensor,
                 eps: float,
                 n: Optional[int] = None,
-                reduce_cov: bool = False) -> Tensor:
+                reduce_cov: bool = False,
+                check_values: Optional[bool] = None) -> Tensor:
     """R = ½ logdet(I_d + d/(n·eps) · ZᵀZ) evaluated by Cholesky.
 
     Args:
@@ -66,6 +68,8 @@ def coding_rate(z: Tensor,
         n: the sample count in α. Defaults to the number of rows whose covariance is used:
             n_local, or the global batch n_local·world_size when ``reduce_cov``.
             The official SimDINO semantics pass the global batch m·N in both cases.
+        check_values: raise on non-finite features or a failed Cholesky; None: only where
+            that costs no device synchronisation (the CPU).
         reduce_cov: sum ZᵀZ over ranks with the autograd-aware all-reduce before the
             Cholesky, so every rank evaluates the rate of the global batch. The
             all-reduce backward sums gradients over ranks (each rank receives N times
@@ -80,7 +84,9 @@ def coding_rate(z: Tensor,
         non-finite features or a failed Cholesky (on an accelerator the rate is NaN instead,
         so that no step waits for the host).
     """
-    _check_features(z)
+    if check_values is None:
+        check_values = host_checks_are_free(z)
+    _check_features(z, check_values)
     eps = _check_eps(eps)
     n_local, d = z.shape[-2], z.shape[-1]
     if n is None:
@@ -107,7 +113,7 @@ def coding_rate(z: Tensor,
         rate = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         # a failed factorisation leaves a partial factor whose log-diagonal can look finite
         rate = torch.where(info == 0, rate, torch.full_like(rate, float('nan')))
-    if host_checks_are_free(rate):
+    if check_values:
         if bool((info != 0).any()):
             raise FloatingPointError(
                 f'coding_rate: Cholesky of I + alpha*G ({size}x{size}, alpha={alpha:.4g}, '

@@ -111,7 +111,9 @@ def simdino_loss_terms(student: Union[Sequence[Tensor], Tensor],
     else:
         rate_features = student_global
     n = global_batch_size(m)
-    rates = coding_rate(rate_features, eps, n=n, reduce_cov=reduce_cov)  # (G,)
+    # non-finite values propagate as NaN: the divergence guard names iteration and term
+    rates = coding_rate(rate_features, eps, n=n, reduce_cov=reduce_cov,
+                        check_values=False)  # (G,)
     gamma = default_gamma(d, n) if gamma is None else float(gamma)
     expa = gamma * rates.mean()
     return dict(

@@ -37,11 +37,7 @@ def assert_only_finite_checkpoints(work_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', ['dino', 'dino_vmf', pytest.param('simdino', marks=(
-    pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        'coding_rate raises its own FloatingPointError (no iteration named) on non-finite '
-        'features before the guard sees the loss; remove this mark with that check')))),
-    'ibot'])
+@pytest.mark.parametrize('method', ['dino', 'dino_vmf', 'simdino', 'ibot'])
 def test_lr_1e6_stops_with_the_iteration_and_term(tmp_path, method, capsys):
     """The issue's repro: lr=1e6. The warm-up keeps epoch 1 finite (its checkpoint is saved);
     the run must stop at the first non-finite loss, before any later save."""
