@@ -25,6 +25,6 @@ setup(
     extras_require={
         # pure-python mmcv for CPU machines; mmseg 1.2.x asserts mmcv < 2.2.0
         'cpu': ['mmcv-lite>=2.0.0,<2.2.0'],
-        'tests': ['pytest', 'pytest-timeout', 'mpmath', 'scikit-learn', 'scikit-image'],
+        'tests': ['pytest', 'pytest-timeout', 'mpmath', 'scikit-learn', 'scikit-image', 'ruff'],
     },
 )

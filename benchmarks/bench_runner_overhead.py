@@ -22,7 +22,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import torch  # noqa: E402
 from mmengine.dataset import default_collate  # noqa: E402
-from mmengine.logging import MessageHub  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
@@ -72,12 +71,11 @@ def bare_time(iters: int) -> float:
                                          collate_fn=default_collate)
     optim = OPTIM_WRAPPERS.build(dict(OPTIM, optimizer=torch.optim.AdamW(
         model.parameters(), lr=1e-3, weight_decay=0.04)))
-    hub = MessageHub.get_current_instance()
-    hub.update_info('max_iters', iters)
     start = time.perf_counter()
     done = 0
     while done < iters:
         for data in loader:
+            model.set_train_progress(epoch=0, iteration=done, max_iters=iters)
             data = model.data_preprocessor(data, True)
             losses = model(**data, mode='loss')
             loss, _ = model.parse_losses(losses)

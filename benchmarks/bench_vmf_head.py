@@ -37,8 +37,8 @@ def make_step(student: DINOHead, teacher: DINOHead, loss_fn: DINOLoss, vmf: bool
             teacher_norms = teacher.prototype_norms() if vmf else None
         student_scores = [student(x) for x in student_feats]
         student_norms = student.prototype_norms() if vmf else None
-        loss = loss_fn(student_scores, teacher_scores, teacher_temp,
-                       student_norms=student_norms, teacher_norms=teacher_norms)
+        loss = loss_fn(student_scores, teacher_scores, teacher_temp, student_norms=student_norms,
+                       teacher_norms=teacher_norms)['loss_dino']
         loss.backward()
         return loss
     return step

@@ -12,16 +12,6 @@ import mmselfsup_vmf  # noqa: E402,F401  (applies shims, registers modules)
 
 
 @pytest.fixture(autouse=True)
-def _fresh_message_hub():
-    """Each test starts without iteration/epoch info left over from another test."""
-    from mmengine.logging import MessageHub
-    hub = MessageHub.get_current_instance()
-    for key in ('epoch', 'iter', 'max_iters', 'max_epochs'):
-        hub.runtime_info.pop(key, None)
-    yield
-
-
-@pytest.fixture(autouse=True)
 def _fresh_visualizers():
     """Runners built in the same second share a timestamp-named Visualizer and logger (mmengine
     reuses the instances with their old save_dir/log file); forget earlier ones so each test

@@ -9,6 +9,8 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3, save_last=True),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # epoch/iteration/run length -> the model's schedules (teacher temperature, EMA, masks)
+    train_progress=dict(type='TrainProgressHook'),
 )
 # RNG states go into checkpoints so that --resume continues exactly
 custom_hooks = [dict(type='RandomStateHook')]

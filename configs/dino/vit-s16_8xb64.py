@@ -10,8 +10,11 @@ _base_ = [
 num_prototypes = 65536
 model = dict(
     type='DINO',
-    backbone=dict(type='VisionTransformer', arch='deit-small', img_size=224, patch_size=16,
-                  drop_path_rate=0.1, out_type='cls_token'),
+    # mmpretrain's ViT with DINO's position-embedding interpolation for the local crops
+    # (interpolate_offset 0.1) and no mask token (DINO never masks)
+    backbone=dict(type='MaskedViT', arch='deit-small', img_size=224, patch_size=16,
+                  drop_path_rate=0.1, out_type='cls_token', pos_embed_offset=0.1,
+                  with_mask_token=False),
     head=dict(type='DINOHead', in_channels=384, hidden_channels=2048, bottleneck_channels=256,
               num_prototypes=num_prototypes, norm_last_layer=False),
     loss=dict(type='DINOLoss', num_prototypes=num_prototypes, student_temp=0.1,
@@ -19,6 +22,7 @@ model = dict(
     num_global_views=2,
     teacher_momentum=0.996,
     teacher_temp=dict(start=0.04, end=0.07, warmup_epochs=30),
+    backbone_init='dino',  # DINO's trunc-normal(0.02) linears and CLS token
     data_preprocessor={{_base_.data_preprocessor}})
 
 max_epochs = 800

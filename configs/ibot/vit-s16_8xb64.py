@@ -9,7 +9,7 @@ num_prototypes = 8192
 model = dict(
     type='iBOT',
     # mask_token_std=0: iBOT leaves its mask embedding at zero
-    backbone=dict(type='MaskedViT', out_type='raw', mask_token_std=0.0),
+    backbone=dict(type='MaskedViT', out_type='raw', mask_token_std=0.0, with_mask_token=True),
     head=dict(num_prototypes=num_prototypes, num_patch_prototypes=None,  # shared head
               norm_last_layer=False),
     loss=dict(num_prototypes=num_prototypes, centering='logit', vmf=False),

@@ -11,8 +11,10 @@ _base_ = [
 ]
 model = dict(
     type='SimDINO',
-    backbone=dict(type='VisionTransformer', arch='deit-small', img_size=224, patch_size=16,
-                  drop_path_rate=0.1, out_type='cls_token'),
+    # SimDINO builds on DINO's ViT: interpolate_offset 0.1, no mask token
+    backbone=dict(type='MaskedViT', arch='deit-small', img_size=224, patch_size=16,
+                  drop_path_rate=0.1, out_type='cls_token', pos_embed_offset=0.1,
+                  with_mask_token=False),
     # 3-layer MLP 2048-2048-256, GELU, no BN, L2-normalised, no prototype layer
     head=dict(type='DINOHead', in_channels=384, hidden_channels=2048, bottleneck_channels=256,
               num_prototypes=None),
@@ -22,6 +24,7 @@ model = dict(
               reduce_cov=False),
     num_global_views=2,
     teacher_momentum=0.996,
+    backbone_init='dino',  # DINO's trunc-normal(0.02) linears and CLS token
     data_preprocessor={{_base_.data_preprocessor}})
 
 # SimDINO's crop scales (DINO's defaults): globals (0.4, 1), locals (0.05, 0.4)

@@ -23,18 +23,20 @@ model = dict(
     patch_loss_weight=1.0,
     num_global_views=2,
     teacher_momentum=0.9,
+    backbone_init='dinov2',  # DINOv2's trunc-normal(0.02) linears, CLS token normal(1e-6)
     data_preprocessor=dict(
         type='MaskedSelfSupDataPreprocessor', patch_size=16, num_global_views=2,
         mask_mode='stratified', mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)),
         mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True))
 
-# DINOv2 augmentations with SimDINOv2's crop scales (0.4-1 / 0.05-0.4) and the blur
-# probabilities as intended (1.0 / 0.1 / 0.5; SimDINOv2 fixed DINOv2's inversion bug)
+# DINOv2 augmentations with SimDINOv2's crop scales (0.4-1 / 0.05-0.4): torchvision's
+# kernel-9 Gaussian blur (blur='kernel9') with the probabilities as intended (1.0 / 0.1 /
+# 0.5; SimDINOv2 fixed DINOv2's inversion, docs/methods.md#simdinov2-augmentations)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='MultiCrop', num_global=2, num_local=10, global_size=224, local_size=96,
          global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), global_blur_probs=(1.0, 0.1),
-         local_blur_prob=0.5, solarize_prob=0.2, interpolation='bicubic'),
+         local_blur_prob=0.5, solarize_prob=0.2, interpolation='bicubic', blur='kernel9'),
     dict(type='PackInputs'),
 ]
 train_dataloader = dict(batch_size=128, dataset=dict(dataset=dict(pipeline=train_pipeline)))

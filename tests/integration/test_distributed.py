@@ -31,7 +31,8 @@ def run_steps(loss_module, rank=0, world=1):
     rows = slice(rank * share, (rank + 1) * share)
     losses, centres = [], []
     for student, teacher in batches():
-        loss = loss_module([s[rows] for s in student], [t[rows] for t in teacher], TEMP)
+        loss = loss_module([s[rows] for s in student], [t[rows] for t in teacher],
+                           TEMP)['loss_dino']
         losses.append(loss.detach().clone())
         centres.append(loss_module.center.center.clone())
     return losses, centres

@@ -23,11 +23,12 @@ def load_train_tool():
 
 
 class _Record(Hook):
-    """Losses of every iteration and the teacher state before training."""
+    """Losses and the scheduled teacher temperature of every iteration, and the teacher
+    state before training."""
     priority = 'LOWEST'
 
     def __init__(self):
-        self.losses, self.teacher0 = [], None
+        self.losses, self.teacher0, self.temps = [], None, []
 
     def before_train(self, runner):
         self.teacher0 = {k: v.clone() for k, v in
@@ -35,6 +36,9 @@ class _Record(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self.losses.append({k: float(v.detach()) for k, v in outputs.items()})
+        model = runner.model
+        self.temps.append((runner.epoch, model.schedule_values()['teacher_temp'],
+                           model.teacher.max_iters))
 
 
 def check_run(runner, record, work_dir, epochs, iters_per_epoch):
@@ -44,6 +48,11 @@ def check_run(runner, record, work_dir, epochs, iters_per_epoch):
         assert torch.isfinite(torch.tensor(row['loss']))
         assert 0 < row['loss_dino'] < 2 * torch.log(torch.tensor(64.0))
     assert runner.iter == epochs * iters_per_epoch
+    # TrainProgressHook (in the base runtime's default_hooks) gave the model the epoch and
+    # the run length: teacher_temp = linspace(0.04, 0.07, 2)[epoch], then 0.07
+    for epoch, temp, max_iters in record.temps:
+        assert temp == (0.04 if epoch == 0 else 0.07)
+        assert max_iters == epochs * iters_per_epoch
     # the teacher moved (EMA of a student that trained), and is still frozen
     moved = [k for k, v in model.teacher.module.state_dict().items()
              if not torch.equal(v, record.teacher0[k])]

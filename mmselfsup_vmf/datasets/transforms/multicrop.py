@@ -5,15 +5,37 @@ from mmpretrain.datasets.transforms import MultiView
 from mmpretrain.registry import TRANSFORMS
 
 
+BLURS = ('pil', 'kernel9')
+
+
+def blur_transform(blur: str, prob: float) -> dict:
+    """The Gaussian blur of one view, applied with probability ``prob``.
+
+    * ``'pil'`` (DINO, iBOT, SimDINO): PIL's ``GaussianBlur(radius)``, radius ~ U[0.1, 2]
+      (facebookresearch/dino ``utils.GaussianBlur``), as mmpretrain's ``GaussianBlur``
+      with ``magnitude_std='inf'``.
+    * ``'kernel9'`` (DINOv2, SimDINOv2): torchvision's ``GaussianBlur(kernel_size=9,
+      sigma ~ U[0.1, 2])`` (facebookresearch/dinov2 ``data/transforms.py``), through
+      mmpretrain's ``torchvision/`` wrapper. Note that DINOv2's own wrapper applies it with
+      probability ``1 - p`` (see ``docs/methods.md#simdinov2-augmentations``).
+    """
+    if blur == 'pil':
+        return dict(type='GaussianBlur', magnitude_range=(0.1, 2.0), magnitude_std='inf',
+                    prob=prob)
+    if blur == 'kernel9':
+        return dict(type='RandomApply', prob=prob, transforms=[
+            dict(type='NumpyToPIL', to_rgb=False),
+            dict(type='torchvision/GaussianBlur', kernel_size=9, sigma=(0.1, 2.0)),
+            dict(type='PILToNumpy', to_bgr=False)])
+    raise ValueError(f'MultiCrop blur must be one of {BLURS}, got {blur!r}')
+
+
 def dino_view_pipeline(size: int, scale: Tuple[float, float], blur_prob: float,
                        solarize_prob: float = 0.0, interpolation: str = 'bicubic',
                        color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
                        color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
-                       flip_prob: float = 0.5) -> List[dict]:
-    """One DINO view as mmpretrain transform configs (crop, flip, colour, blur, solarize).
-
-    Blur sigma is drawn per image in [0.1, 2] (``magnitude_std='inf'``), as DINO does.
-    """
+                       flip_prob: float = 0.5, blur: str = 'pil') -> List[dict]:
+    """One DINO view as mmpretrain transform configs (crop, flip, colour, blur, solarize)."""
     brightness, contrast, saturation, hue = color_jitter
     return [
         dict(type='RandomResizedCrop', scale=size, crop_ratio_range=tuple(scale),
@@ -24,8 +46,7 @@ def dino_view_pipeline(size: int, scale: Tuple[float, float], blur_prob: float,
                  saturation=saturation, hue=hue)]),
         dict(type='RandomGrayscale', prob=grayscale_prob, keep_channels=True,
              channel_weights=(0.114, 0.587, 0.2989)),
-        dict(type='GaussianBlur', magnitude_range=(0.1, 2.0), magnitude_std='inf',
-             prob=blur_prob),
+        blur_transform(blur, blur_prob),
         dict(type='Solarize', thr=128, prob=solarize_prob),
     ]
 
@@ -37,6 +58,8 @@ class MultiCrop(MultiView):
     Global view 1 has blur p=``global_blur_probs[0]`` (1.0); the others have
     ``global_blur_probs[1]`` (0.1) and solarize p=``solarize_prob`` (0.2); local crops have
     blur p=``local_blur_prob`` (0.5). The output ``img`` is the list of views, globals first.
+    ``blur='kernel9'`` selects DINOv2's blur (:func:`blur_transform`); other keyword
+    arguments go to :func:`dino_view_pipeline`.
     """
 
     def __init__(self,

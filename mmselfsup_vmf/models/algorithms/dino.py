@@ -12,8 +12,8 @@ class DINO(SelfDistillation):
     """DINO (Caron et al. 2021) with the DINO-vMF switch in its loss.
 
     Student: every view -> backbone CLS -> DINOHead scores; teacher: the global views.
-    ``loss_dino`` is the multi-view cross-entropy; the teacher-distribution statistics are
-    returned too (``teacher_entropy``, ``teacher_unique_argmax``) so they are logged.
+    The loss module returns ``loss_dino`` (the multi-view cross-entropy) and the
+    teacher-distribution statistics (``teacher_entropy``, ``teacher_unique_argmax``).
     """
 
     def distillation_loss(self, views: List[torch.Tensor],
@@ -28,9 +28,7 @@ class DINO(SelfDistillation):
             teacher_norms = t_head.prototype_norms()
         s_cls, _ = self.embed_views(self._student_modules(), views)
         student_scores = list(self.head(torch.cat(s_cls)).chunk(len(s_cls)))
-        loss = self.loss_module(student_scores, teacher_scores, self.teacher_temperature(),
+        return self.loss_module(student_scores, teacher_scores,
+                                self.schedule_values()['teacher_temp'],
                                 student_norms=self.head.prototype_norms(),
                                 teacher_norms=teacher_norms)
-        stats = self.loss_module.last_stats
-        return dict(loss_dino=loss, teacher_entropy=stats['entropy'],
-                    teacher_unique_argmax=stats['unique_argmax'])

@@ -6,7 +6,7 @@ import torch
 from mmpretrain.registry import MODELS
 
 from ..utils.schedules import teacher_temperature
-from .self_distillation import SelfDistillation, current_epoch
+from .self_distillation import SelfDistillation, weight_losses
 
 
 @MODELS.register_module()
@@ -17,8 +17,8 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
     by the backbone's mask token) and the local views without masks. Teacher: the unmasked
     global views. The loss is
 
-    ``lambda_cls * DINO CLS loss (all student views)
-    + lambda_patch * patch loss (teacher patches of view g vs masked student view g)``;
+    ``lambda_cls * loss_dino (DINO's CLS loss, all student views)
+    + lambda_patch * loss_patch (teacher patches of view g vs masked student view g)``;
 
     local crops feed only the CLS term. The masks come from ``MaskedSelfSupDataPreprocessor``
     (``data_samples[i].mask``, one (h, w) mask per global view); the backbone must return all
@@ -27,8 +27,10 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
     Args (in addition to ``SelfDistillation``'s):
         patch_loss: config of the patch loss (``iBOTPatchLoss``), with its own centre.
         teacher_patch_temp: the teacher patch temperature schedule ``dict(start, end,
-            warmup_epochs)`` (iBOT: 0.04 -> ``teacher_patch_temp`` 0.07 over the same warm-up
-            epochs as the CLS temperature).
+            warmup_epochs, start_epoch)`` (iBOT: 0.04 -> 0.07 over the same warm-up epochs as
+            the CLS temperature, held at ``start`` until ``start_epoch``; ``start_epoch``
+            defaults to the data preprocessor's ``mask_start_epoch``, iBOT's
+            ``pred_start_epoch``, as iBOT's ``teacher_temp2_schedule`` does).
         shared_head_teacher: the teacher's patch tokens use its CLS prototype layer
             ``last_layer`` (iBOT's ``--shared_head_teacher``, default True). The student's
             patch tokens use ``last_layer2`` when the head has one (``num_patch_prototypes``,
@@ -49,7 +51,10 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
                  **kwargs):
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck, **kwargs)
         self.patch_loss_module = MODELS.build(patch_loss)
-        self.teacher_patch_temp_cfg = dict(start=0.04, end=0.07, warmup_epochs=30)
+        self.check_vmf_dim('patch_loss_module', 'model.patch_loss')
+        self.teacher_patch_temp_cfg = dict(
+            start=0.04, end=0.07, warmup_epochs=30,
+            start_epoch=getattr(self.data_preprocessor, 'mask_start_epoch', 0))
         self.teacher_patch_temp_cfg.update(teacher_patch_temp or {})
         self.shared_head_teacher = bool(shared_head_teacher)
         self.lambda_cls = float(lambda_cls)
@@ -71,10 +76,15 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
                 f'{patch_k}; with shared_head_teacher=True num_patch_prototypes must equal '
                 'num_prototypes')
 
-    def teacher_patch_temperature(self) -> float:
+    def schedule_values(self) -> Dict[str, float]:
         cfg = self.teacher_patch_temp_cfg
-        return teacher_temperature(current_epoch(), cfg['warmup_epochs'], cfg['start'],
-                                   cfg['end'])
+        delayed_epoch = max(self.epoch - cfg['start_epoch'], 0)
+        return dict(super().schedule_values(),
+                    teacher_patch_temp=teacher_temperature(
+                        delayed_epoch, cfg['warmup_epochs'], cfg['start'], cfg['end']))
+
+    def teacher_patch_temperature(self) -> float:
+        return self.schedule_values()['teacher_patch_temp']
 
     def distillation_loss(self, views: List[torch.Tensor],
                           data_samples: List) -> Dict[str, torch.Tensor]:
@@ -102,18 +112,14 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
         student_cls = self.head(torch.cat(s_cls)).chunk(len(s_cls))
         student_patch = self.head(torch.cat(s_patch[:g]), patch=True).chunk(g)
 
-        loss_cls = self.loss_module(student_cls, teacher_cls, self.teacher_temperature(),
-                                    student_norms=self.head.prototype_norms() if cls_vmf else None,
-                                    teacher_norms=t_norms)
-        cls_stats = self.loss_module.last_stats
-        loss_patch = self.patch_loss_module(
-            student_patch, teacher_patch, masks, self.teacher_patch_temperature(),
+        schedule = self.schedule_values()
+        cls_terms = self.loss_module(
+            student_cls, teacher_cls, schedule['teacher_temp'],
+            student_norms=self.head.prototype_norms() if cls_vmf else None,
+            teacher_norms=t_norms)
+        patch_terms = self.patch_loss_module(
+            student_patch, teacher_patch, masks, schedule['teacher_patch_temp'],
             student_norms=self.head.prototype_norms(patch=True) if patch_vmf else None,
             teacher_norms=t_patch_norms)
-        patch_stats = self.patch_loss_module.last_stats
-        return dict(loss_cls=self.lambda_cls * loss_cls,
-                    loss_patch=self.lambda_patch * loss_patch,
-                    teacher_entropy=cls_stats['entropy'],
-                    teacher_unique_argmax=cls_stats['unique_argmax'],
-                    patch_teacher_entropy=patch_stats['entropy'],
-                    patch_teacher_unique_argmax=patch_stats['unique_argmax'])
+        return dict(weight_losses(cls_terms, self.lambda_cls),
+                    **weight_losses(patch_terms, self.lambda_patch))

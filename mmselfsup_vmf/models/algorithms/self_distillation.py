@@ -3,24 +3,23 @@
 DINO, DINO-vMF, iBOT, iBOT-vMF, SimDINO and SimDINOv2 subclass ``SelfDistillation`` and only
 say how head outputs become a loss.
 """
+import math
+from abc import abstractmethod
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from mmengine.logging import MessageHub
+from mmengine.logging import print_log
 from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.schedules import teacher_temperature
 
 
-def current_epoch() -> int:
-    """The runner's epoch (mmengine's RuntimeInfoHook keeps it in the MessageHub); 0 outside."""
-    return int(MessageHub.get_current_instance().get_info('epoch', 0) or 0)
-
-
-def split_tokens(out: torch.Tensor, num_extra_tokens: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def split_tokens(out: torch.Tensor,
+                 num_extra_tokens: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(CLS, patch tokens) of a backbone output: (B, C) -> (x, None); (B, L, C) -> split."""
     if out.dim() == 2:
         return out, None
@@ -42,22 +41,32 @@ def group_by_size(views: Sequence[torch.Tensor]) -> List[Tuple[int, int]]:
     return runs
 
 
-class TeacherEMA(CosineEMA):
-    """mmpretrain's CosineEMA, usable outside a Runner too: without ``max_iters`` in the
-    MessageHub (unit tests, benchmarks) it keeps the start momentum.
+def weight_losses(terms: Dict[str, torch.Tensor], weight: float) -> Dict[str, torch.Tensor]:
+    """``terms`` with every loss term (a key containing 'loss') multiplied by ``weight``."""
+    return {k: v * weight if 'loss' in k else v for k, v in terms.items()}
 
-    Step index (fix): ``update_parameters`` copies the student on its first call
-    (``steps == 0``) and averages on call ``k >= 1``, which is DINO's update at the end of
-    iteration ``k - 1`` (``momentum_schedule[k - 1]``, 0.996 first), so the cosine is
-    evaluated at ``k - 1``; plain ``CosineEMA`` used ``k``, one iteration ahead.
+
+class TeacherEMA(CosineEMA):
+    """mmpretrain's CosineEMA with the run length given by the model, not read from the
+    MessageHub; until it is given (``max_iters`` None: unit tests, benchmarks) the update
+    weight stays at its start value.
+
+    ``update_parameters`` copies the student on its first call (``steps == 0``) and averages
+    on call ``k >= 1``, which is DINO's update at the end of iteration ``k - 1``
+    (``momentum_schedule[k - 1]``, 0.996 first), so the cosine is evaluated at ``k - 1``.
     """
+
+    max_iters: Optional[int] = None
 
     def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
                  steps: int) -> None:
-        if MessageHub.get_current_instance().get_info('max_iters') is None:
+        if self.max_iters is None:
             averaged_param.lerp_(source_param, self.momentum)
             return
-        super().avg_func(averaged_param, source_param, steps - 1)
+        # CosineEMA.avg_func's cosine, at steps - 1
+        cosine_annealing = (math.cos(math.pi * (steps - 1) / float(self.max_iters)) + 1) / 2
+        momentum = self.end_momentum - (self.end_momentum - self.momentum) * cosine_annealing
+        averaged_param.mul_(1 - momentum).add_(source_param, alpha=momentum)
 
 
 class SelfDistillation(BaseSelfSupervisor):
@@ -72,10 +81,19 @@ class SelfDistillation(BaseSelfSupervisor):
             iteration). mmpretrain's ``CosineEMA`` takes the update weight 1 - m; the
             conversion happens here.
         teacher_temp: DINO's teacher temperature schedule ``dict(start, end, warmup_epochs)``.
+        backbone_init: None keeps mmpretrain's ViT initialisation; 'dino' (DINO, iBOT,
+            SimDINO) or 'dinov2' (SimDINOv2) re-initialise the backbone as the official code
+            (:func:`~mmselfsup_vmf.models.backbones.official_init.official_vit_init`); the
+            published recipes set it.
 
     The teacher is updated at the start of each training step from the student as left by the
     previous optimiser step (mmpretrain's MoCoV3 pattern, which also works under DDP), so the
     teacher used in step t equals DINO's teacher after its update at the end of step t - 1.
+
+    Where training is (epoch, iteration, run length) reaches the model through
+    :meth:`set_train_progress`, which ``TrainProgressHook`` calls before every iteration; the
+    schedules (teacher temperature, EMA momentum, masks) are evaluated from it and passed to
+    the losses as arguments.
     """
 
     def __init__(self,
@@ -87,8 +105,12 @@ class SelfDistillation(BaseSelfSupervisor):
                  teacher_momentum: float = 0.996,
                  teacher_momentum_end: float = 1.0,
                  teacher_temp: Optional[dict] = None,
+                 backbone_init: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
+        if backbone_init is not None and backbone_init not in OFFICIAL_INITS:
+            raise ValueError(f'model.backbone_init must be None or one of {OFFICIAL_INITS}, '
+                             f'got {backbone_init!r}')
         if num_global_views < 1:
             raise ValueError(f'num_global_views must be >= 1 (the teacher sees the global '
                              f'crops), got {num_global_views}')
@@ -98,12 +120,29 @@ class SelfDistillation(BaseSelfSupervisor):
         super().__init__(backbone=backbone, neck=neck, head=head,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.loss_module = MODELS.build(loss)
+        self.backbone_init = backbone_init
         self.num_global_views = num_global_views
         self.teacher_temp_cfg = dict(start=0.04, end=0.04, warmup_epochs=0)
         self.teacher_temp_cfg.update(teacher_temp or {})
         self.teacher = TeacherEMA(self._student_modules(), momentum=1.0 - teacher_momentum,
                                  end_momentum=1.0 - teacher_momentum_end)
         self.teacher.train(False)
+        self.epoch = 0
+        self._progress_known = False
+        self.check_vmf_dim('loss_module', 'model.loss')
+        self.check_modules()
+
+    def check_modules(self) -> None:
+        """Build-time checks of how head and loss fit together (subclasses add theirs)."""
+
+    def check_vmf_dim(self, loss_name: str, config_key: str) -> None:
+        """The vMF term's p must be the dimension of the prototypes (the head's bottleneck);
+        another value would silently give a wrong log-normaliser."""
+        loss = getattr(self, loss_name)
+        head_dim = getattr(self.head, 'bottleneck_channels', None)
+        if getattr(loss, 'vmf', False) and head_dim is not None and loss.dim != head_dim:
+            raise ValueError(f'{config_key}.dim={loss.dim} (p of the vMF normaliser) must equal '
+                             f'model.head.bottleneck_channels={head_dim}')
 
     # ----------------------------------------------------------------- student / teacher
     def _student_modules(self) -> nn.ModuleDict:
@@ -114,6 +153,10 @@ class SelfDistillation(BaseSelfSupervisor):
 
     def init_weights(self):
         super().init_weights()
+        pretrained = getattr(self.backbone, 'init_cfg', None)
+        pretrained = isinstance(pretrained, dict) and pretrained.get('type') == 'Pretrained'
+        if self.backbone_init is not None and not pretrained:
+            official_vit_init(self.backbone, self.backbone_init)
         self.sync_teacher()
 
     @torch.no_grad()
@@ -126,10 +169,31 @@ class SelfDistillation(BaseSelfSupervisor):
         self.teacher.train(False)  # the teacher is always in eval mode (no drop-path)
         return self
 
-    def teacher_temperature(self) -> float:
+    # ----------------------------------------------------------------- schedules
+    def set_train_progress(self, epoch: int, iteration: int, max_iters: int) -> None:
+        """Where training is; called by ``TrainProgressHook`` before every iteration."""
+        self.epoch = int(epoch)
+        self.teacher.max_iters = int(max_iters)
+        if hasattr(self.data_preprocessor, 'set_train_progress'):
+            self.data_preprocessor.set_train_progress(epoch, iteration)
+        self._progress_known = True
+
+    def schedule_values(self) -> Dict[str, float]:
+        """The scheduled loss arguments at the current epoch (DINO's per-epoch schedules)."""
         cfg = self.teacher_temp_cfg
-        return teacher_temperature(current_epoch(), cfg['warmup_epochs'], cfg['start'],
-                                   cfg['end'])
+        return dict(teacher_temp=teacher_temperature(self.epoch, cfg['warmup_epochs'],
+                                                     cfg['start'], cfg['end']))
+
+    def teacher_temperature(self) -> float:
+        return self.schedule_values()['teacher_temp']
+
+    def _warn_if_progress_unknown(self) -> None:
+        if not self._progress_known:
+            print_log(f'{type(self).__name__} is training without TrainProgressHook: the '
+                      'teacher temperature and momentum schedules stay at their start values; '
+                      "add default_hooks=dict(train_progress=dict(type='TrainProgressHook'))",
+                      logger='current', level=30)
+            self._progress_known = True  # say it once
 
     def embed(self, modules: nn.ModuleDict, x: torch.Tensor,
               mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -200,9 +264,12 @@ class SelfDistillation(BaseSelfSupervisor):
     def loss(self, inputs: List[torch.Tensor], data_samples: List) -> Dict[str, torch.Tensor]:
         views = self.check_views(inputs)
         if self.training:
+            self._warn_if_progress_unknown()
             self.update_teacher()
         return self.distillation_loss(views, data_samples)
 
+    @abstractmethod
     def distillation_loss(self, views: List[torch.Tensor],
                           data_samples: List) -> Dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Head outputs of student and teacher -> a dict of loss terms (keys with 'loss')
+        and detached statistics, as mmengine's ``parse_losses`` expects."""

@@ -11,16 +11,8 @@ import torch
 from mmpretrain.registry import MODELS
 
 from ..losses import masked_patch_cosine_loss_gathered, patch_mask_weights
+from ..losses.simdino_loss import check_rate_batch
 from .self_distillation import SelfDistillation
-
-
-def check_per_gpu_batch(views: List[torch.Tensor], name: str) -> None:
-    """The coding rate of one sample per rank is degenerate: fail before the forward."""
-    batch = views[0].shape[0]
-    if batch < 2:
-        raise ValueError(
-            f'{name} needs at least 2 images per GPU for its coding-rate term, got a per-GPU '
-            f'batch of {batch}; increase train_dataloader.batch_size')
 
 
 @MODELS.register_module()
@@ -33,10 +25,12 @@ class SimDINO(SelfDistillation):
     [global0, global1, local0, ...] and the teacher outputs [global0, global1], and returns
     ``loss_comp`` (−coeff · mean cosine), ``loss_expa`` (−γ · coding rate) and the
     logging values ``comp`` / ``expa`` (the official ``comp_loss`` / ``expa_loss``).
+
+    Args: as :class:`SelfDistillation`; SimDINO has no temperatures, so ``teacher_temp`` is
+    unused.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def check_modules(self) -> None:
         if getattr(self.head, 'last_layer', None) is not None:
             raise ValueError(
                 f'{type(self).__name__} uses the normalised head features directly: build '
@@ -58,7 +52,7 @@ class SimDINO(SelfDistillation):
 
     def distillation_loss(self, views: List[torch.Tensor],
                           data_samples: List) -> Dict[str, torch.Tensor]:
-        check_per_gpu_batch(views, type(self).__name__)
+        check_rate_batch(views[0].shape[0], type(self).__name__)  # before the forward
         student, teacher = self.cls_outputs(views)
         return dict(self.loss_module(student, teacher))
 
@@ -82,12 +76,18 @@ class SimDINOv2(SimDINO):
     Args:
         patch_loss_weight: weight of ``loss_patch`` (official ``ibot.loss_weight`` 1.0).
         teacher_momentum: SimDINOv2 starts the EMA at 0.9 (DINOv2: 0.992).
-        Others as :class:`SelfDistillation`.
+        Others as :class:`SimDINO`.
     """
 
-    def __init__(self, *args, patch_loss_weight: float = 1.0,
-                 teacher_momentum: float = 0.9, **kwargs):
-        super().__init__(*args, teacher_momentum=teacher_momentum, **kwargs)
+    def __init__(self, backbone: dict, head: dict, loss: dict, neck: Optional[dict] = None,
+                 num_global_views: int = 2, teacher_momentum: float = 0.9,
+                 teacher_momentum_end: float = 1.0, patch_loss_weight: float = 1.0,
+                 backbone_init: Optional[str] = None, data_preprocessor: Optional[dict] = None,
+                 init_cfg=None):
+        super().__init__(backbone=backbone, head=head, loss=loss, neck=neck,
+                         num_global_views=num_global_views, teacher_momentum=teacher_momentum,
+                         teacher_momentum_end=teacher_momentum_end, backbone_init=backbone_init,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if not patch_loss_weight >= 0:
             raise ValueError(f'patch_loss_weight must be >= 0, got {patch_loss_weight!r}')
         self.patch_loss_weight = float(patch_loss_weight)
@@ -117,7 +117,7 @@ class SimDINOv2(SimDINO):
 
     def distillation_loss(self, views: List[torch.Tensor],
                           data_samples: List) -> Dict[str, torch.Tensor]:
-        check_per_gpu_batch(views, type(self).__name__)
+        check_rate_batch(views[0].shape[0], type(self).__name__)  # before the forward
         g, num_views, m = self.num_global_views, len(views), views[0].shape[0]
         masks = self.flat_global_masks(data_samples, views)  # (G·m, N)
 

@@ -25,21 +25,38 @@ from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
 
-def resize_pos_embed_antialiased(pos_embed: torch.Tensor, src_shape, dst_shape,
-                                 mode: str = 'bicubic', num_extra_tokens: int = 1) -> torch.Tensor:
-    """mmpretrain's ``resize_pos_embed`` with ``antialias=True`` (DINOv2/SimDINOv2 setting).
+def interpolate_pos_embed(pos_embed: torch.Tensor, src_shape, dst_shape, mode: str = 'bicubic',
+                          num_extra_tokens: int = 1, offset: float = 0.0,
+                          antialias: bool = False) -> torch.Tensor:
+    """Resize the grid part ``(1, h0*w0, C)`` of a position embedding to ``dst_shape``.
 
-    The grid part ``(1, h0*w0, C)`` is resized to ``(1, h*w, C)`` by ``F.interpolate`` to
-    an explicit size (DINOv2 with ``interpolate_offset=0``); the first
-    ``num_extra_tokens`` rows are kept.
+    * ``offset > 0``: DINO's / DINOv2's ``interpolate_pos_encoding`` (``interpolate_offset``
+      0.1): ``F.interpolate(scale_factor=((h + offset)/h0, (w + offset)/w0))``, which gives
+      h x w rows but samples the source grid at ``(i + 0.5)·h0/(h + offset) − 0.5``
+      (facebookresearch/dino ``vision_transformer.py``; DINO v1 applies the width factor to
+      the first axis, which is the same for the square crops used here).
+    * ``offset == 0``: an explicit output size, i.e. mmpretrain's ``resize_pos_embed``; with
+      ``antialias`` as DINOv2 with ``interpolate_antialias=True`` (SimDINOv2).
+
+    The first ``num_extra_tokens`` rows are kept.
     """
     if tuple(src_shape) == tuple(dst_shape):
         return pos_embed
+    if offset == 0 and not antialias:
+        return resize_pos_embed(pos_embed, src_shape, dst_shape, mode=mode,
+                                num_extra_tokens=num_extra_tokens)
     extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
     channels = grid.shape[-1]
     grid = grid.reshape(1, *src_shape, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(dst_shape), mode=mode,
-                         align_corners=False, antialias=True)
+    if offset > 0:
+        size = dict(scale_factor=tuple((d + offset) / s for d, s in zip(dst_shape, src_shape)))
+    else:
+        size = dict(size=tuple(dst_shape))
+    grid = F.interpolate(grid.float(), mode=mode, align_corners=False, antialias=antialias,
+                         **size)
+    if tuple(grid.shape[-2:]) != tuple(dst_shape):
+        raise ValueError(f'pos_embed_offset={offset} resizes a {tuple(src_shape)} grid to '
+                         f'{tuple(grid.shape[-2:])}, not {tuple(dst_shape)}; use an offset < 1')
     grid = grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
     return torch.cat((extra, grid), dim=1)
 
@@ -59,6 +76,11 @@ class MaskedViT(VisionTransformer):
             ``mask_token_std=0`` reproduces).
         pos_embed_antialias (bool): resize the position embedding for other crop sizes
             with ``antialias=True`` (SimDINOv2 does); False keeps mmpretrain's resize.
+        pos_embed_offset (float): DINO's ``interpolate_offset`` (0.1 in DINO, iBOT and
+            SimDINO); 0 resizes to an explicit size as mmpretrain. See
+            :func:`interpolate_pos_embed`.
+        with_mask_token (bool): False for methods that never mask (DINO, SimDINO), so that
+            no parameter goes unused under DDP; exports drop ``mask_token`` either way.
     """
 
     def __init__(self,
@@ -68,6 +90,8 @@ class MaskedViT(VisionTransformer):
                  drop_path_uniform: bool = False,
                  mask_token_std: float = 0.02,
                  pos_embed_antialias: bool = False,
+                 pos_embed_offset: float = 0.0,
+                 with_mask_token: bool = True,
                  drop_path_rate: float = 0.,
                  layer_cfgs=dict(),
                  **kwargs):
@@ -84,8 +108,12 @@ class MaskedViT(VisionTransformer):
         self.num_extra_tokens = self.num_pos_extra_tokens + num_register_tokens
         self.mask_token_std = mask_token_std
         self.pos_embed_antialias = pos_embed_antialias
+        if not 0 <= pos_embed_offset < 1:
+            raise ValueError(f'pos_embed_offset must be in [0, 1), got {pos_embed_offset!r}')
+        self.pos_embed_offset = float(pos_embed_offset)
 
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+        self.mask_token = (nn.Parameter(torch.zeros(1, 1, self.embed_dims))
+                           if with_mask_token else None)
         if num_register_tokens > 0:
             self.register_tokens = nn.Parameter(
                 torch.zeros(1, num_register_tokens, self.embed_dims))
@@ -115,7 +143,7 @@ class MaskedViT(VisionTransformer):
         super().init_weights()
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
             return
-        if self.mask_token_std > 0:
+        if self.mask_token is not None and self.mask_token_std > 0:
             trunc_normal_(self.mask_token, std=self.mask_token_std)
         if self.register_tokens is not None:
             nn.init.normal_(self.register_tokens, std=1e-6)  # as DINOv2
@@ -158,13 +186,17 @@ class MaskedViT(VisionTransformer):
         batch = x.shape[0]
         x, patch_resolution = self.patch_embed(x)
         if mask is not None:
+            if self.mask_token is None:
+                raise ValueError('this MaskedViT was built with with_mask_token=False and '
+                                 'cannot take a mask; build it with with_mask_token=True')
             mask = self._check_mask(mask, batch, patch_resolution)
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
-        resize = resize_pos_embed_antialiased if self.pos_embed_antialias else resize_pos_embed
-        x = x + resize(self.pos_embed, self.patch_resolution, patch_resolution,
-                       mode=self.interpolate_mode, num_extra_tokens=self.num_pos_extra_tokens)
+        x = x + interpolate_pos_embed(
+            self.pos_embed, self.patch_resolution, patch_resolution, mode=self.interpolate_mode,
+            num_extra_tokens=self.num_pos_extra_tokens, offset=self.pos_embed_offset,
+            antialias=self.pos_embed_antialias)
         if self.register_tokens is not None:
             n = self.num_pos_extra_tokens
             x = torch.cat((x[:, :n], self.register_tokens.expand(batch, -1, -1), x[:, n:]), dim=1)

@@ -54,7 +54,11 @@ class ProbabilityCenter(nn.Module):
 
     i.e. one Sinkhorn column step with an EMA marginal (an adaptive prior
     :math:`\pi_k \propto 1/\bar P_k`). :math:`\bar P` starts at :math:`1/K` and is updated from the
-    *uncentred* teacher probabilities. A per-prototype constant in :math:`l_t` survives.
+    *uncentred* teacher probabilities. A per-prototype constant :math:`c_k` in :math:`l_t` (the
+    vMF term) enters both the numerator and :math:`\bar P_k`, so at steady state the centre
+    absorbs part of it and the rest acts through the row normaliser; how much is absorbed
+    depends on p, :math:`\tau_t` and the spread of the prototype norms (measured in
+    ``docs/methods.md#centring``). ``LogitCenter`` keeps all of it.
     """
 
     def __init__(self, num_prototypes: int, momentum: float = 0.9):

@@ -7,12 +7,15 @@ code: it is ε² of the paper (published runs: eps = 0.05). ZᵀZ is the *uncent
 moment, and n is the number of samples the covariance is meant to average over — the
 global batch m·N in the official code, even when the covariance itself is local.
 
-Numerics (see docs simdino.md §6.4–6.6):
+Numerics:
 - A = I + αM is SPD with all eigenvalues ≥ 1, so ½ logdet A = Σ log diag chol(A).
 - Computed in float32 at least (float64 for float64 input) with autocast disabled:
   a half-precision ZᵀZ distorts the small eigenvalues by several percent.
 - Sylvester: logdet(I_d + αZᵀZ) = logdet(I_n + αZZᵀ); the smaller matrix is used unless
   the covariance is all-reduced across ranks (only the d×d form can be summed).
+- No host synchronisation on an accelerator (``numerics.host_checks_are_free``): on the CPU
+  non-finite features and a failed Cholesky raise at once with the details; elsewhere the
+  rate is NaN for such inputs, which the divergence guard reports by term name.
 """
 import math
 from typing import Optional
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..utils.dist import differentiable_all_reduce_sum, global_batch_size
+from .numerics import autocast_off, host_checks_are_free
 
 
 def _check_eps(eps) -> float:
@@ -43,7 +47,7 @@ def _check_features(z) -> None:
             f'got shape {tuple(z.shape)}')
     if not (z.is_floating_point()):
         raise TypeError(f'coding_rate: z must be a floating tensor, got {z.dtype}')
-    if not bool(torch.isfinite(z).all()):
+    if host_checks_are_free(z) and not bool(torch.isfinite(z).all()):
         raise FloatingPointError(
             f'coding_rate: the features of shape {tuple(z.shape)} contain NaN or Inf '
             '(diverged training? check the loss scale / learning rate)')
@@ -72,8 +76,9 @@ def coding_rate(z: Tensor,
         R as a float32 (float64 for float64 input) tensor of shape () or (V,).
 
     Raises:
-        ValueError / TypeError for a bad shape or eps; FloatingPointError for non-finite
-        features or a failed Cholesky (instead of silently returning NaN).
+        ValueError / TypeError for a bad shape or eps; on the CPU, FloatingPointError for
+        non-finite features or a failed Cholesky (on an accelerator the rate is NaN instead,
+        so that no step waits for the host).
     """
     _check_features(z)
     eps = _check_eps(eps)
@@ -88,7 +93,7 @@ def coding_rate(z: Tensor,
                          f'(d={d}, n={n}, eps={eps})')
 
     compute_dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=z.device.type, enabled=False):
+    with autocast_off(z.device.type):
         zc = z.to(compute_dtype)
         if reduce_cov:
             gram = differentiable_all_reduce_sum(zc.mT @ zc)  # (…, d, d)
@@ -99,14 +104,17 @@ def coding_rate(z: Tensor,
         size = gram.shape[-1]
         eye = torch.eye(size, dtype=compute_dtype, device=z.device)
         chol, info = torch.linalg.cholesky_ex(eye + alpha * gram)
+        rate = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        # a failed factorisation leaves a partial factor whose log-diagonal can look finite
+        rate = torch.where(info == 0, rate, torch.full_like(rate, float('nan')))
+    if host_checks_are_free(rate):
         if bool((info != 0).any()):
             raise FloatingPointError(
                 f'coding_rate: Cholesky of I + alpha*G ({size}x{size}, alpha={alpha:.4g}, '
                 f'eps={eps}, {compute_dtype}) failed (info={info.tolist()}); the matrix is '
                 'not numerically positive definite — try a larger eps or float64 features')
-        rate = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    if not bool(torch.isfinite(rate).all()):
-        raise FloatingPointError(
-            f'coding_rate: non-finite rate {rate.detach().tolist()} for a {size}x{size} '
-            f'matrix (alpha={alpha:.4g}, eps={eps}); try a larger eps or float64 features')
+        if not bool(torch.isfinite(rate).all()):
+            raise FloatingPointError(
+                f'coding_rate: non-finite rate {rate.detach().tolist()} for a {size}x{size} '
+                f'matrix (alpha={alpha:.4g}, eps={eps}); try a larger eps or float64 features')
     return rate

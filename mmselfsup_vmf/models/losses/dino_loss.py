@@ -4,7 +4,7 @@ The maths is in pure functions; ``PrototypeDistillation`` holds the centre buffe
 switches, ``DINOLoss`` is the multi-view cross-entropy of DINO (iBOT's patch term reuses the
 same distributions, see ``ibot_loss.py``).
 """
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,19 +12,10 @@ from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 
 from .centering import LogitCenter, ProbabilityCenter
+from .numerics import at_least_float32, autocast_off, prototype_usage_stats
+from .vmf import vmf_log_normalizer
 
 CENTERINGS = ('logit', 'probability', 'none')
-
-
-def fp32_no_autocast(device_type: str):
-    """Context that keeps half precision out of the loss maths."""
-    return torch.autocast(device_type=device_type, enabled=False)
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, or unchanged if it is float64: the loss maths never runs in half
-    precision, and float64 inputs (tests, references) keep their precision."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def prototype_logits(scores: torch.Tensor,
@@ -49,7 +40,6 @@ def prototype_logits(scores: torch.Tensor,
     if dim is None:
         raise ValueError('prototype_logits: `dim` (the bottleneck dimension p) is required '
                          'when prototype_norms are given')
-    from .vmf import vmf_log_normalizer
     norms = at_least_float32(prototype_norms)
     if norms.shape[-1] != logits.shape[-1]:
         raise ValueError(f'prototype_norms has {norms.shape[-1]} entries but the scores have '
@@ -85,14 +75,6 @@ def multi_view_cross_entropy(teacher_probs: Sequence[torch.Tensor],
     return total / terms
 
 
-def distribution_stats(probs: torch.Tensor) -> dict:
-    """Monitoring statistics of teacher distributions (..., K): mean entropy, distinct argmax."""
-    p = probs.detach().reshape(-1, probs.shape[-1])
-    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
-    unique = torch.unique(p.argmax(-1)).numel()
-    return dict(entropy=entropy, unique_argmax=torch.tensor(float(unique), device=p.device))
-
-
 class PrototypeDistillation(BaseModule):
     """Teacher and student distributions over K prototypes, with centring and the vMF switch.
 
@@ -121,15 +103,17 @@ class PrototypeDistillation(BaseModule):
             raise ValueError(f'centering must be one of {CENTERINGS}, got {centering!r}')
         if num_prototypes < 1:
             raise ValueError(f'num_prototypes must be >= 1, got {num_prototypes}')
-        self.num_prototypes = num_prototypes
-        self.student_temp = student_temp
-        self.centering = centering
-        self.vmf = vmf
-        self.dim = dim
+        self.num_prototypes, self.student_temp = num_prototypes, student_temp
+        self.centering, self.vmf, self.dim = centering, vmf, dim
         self.approximation = approximation
         center_cls = ProbabilityCenter if centering == 'probability' else LogitCenter
         # 'none' still tracks a logit centre (cheap) so switching on resume keeps its key
         self.center = center_cls(num_prototypes, center_momentum)
+
+    def check_norms(self, student_norms, teacher_norms) -> None:
+        if self.vmf and (student_norms is None or teacher_norms is None):
+            raise ValueError(f'{type(self).__name__}(vmf=True) needs student_norms and '
+                             'teacher_norms; the head must have a prototype layer')
 
     def _logits(self, scores, temp, norms):
         return prototype_logits(scores, temp, norms if self.vmf else None, self.dim,
@@ -139,12 +123,10 @@ class PrototypeDistillation(BaseModule):
     def teacher_distribution(self, scores: torch.Tensor, temp: float,
                              norms: Optional[torch.Tensor] = None):
         """Returns (centred probabilities q, uncentred probabilities) of the teacher."""
-        with fp32_no_autocast(scores.device.type):
+        with autocast_off(scores.device.type):
             logits = self._logits(scores, temp, norms)
             raw = torch.softmax(logits, dim=-1)
             if self.centering == 'logit':
-                # (fix) the second output must be the *uncentred* softmax in this mode too;
-                # it used to be computed from the centred scores, i.e. equal to q.
                 centred = self._logits(self.center.center_scores(at_least_float32(scores)),
                                        temp, norms)
                 return torch.softmax(centred, dim=-1), raw
@@ -154,7 +136,7 @@ class PrototypeDistillation(BaseModule):
 
     def student_log_probs(self, scores: torch.Tensor,
                           norms: Optional[torch.Tensor] = None) -> torch.Tensor:
-        with fp32_no_autocast(scores.device.type):
+        with autocast_off(scores.device.type):
             return F.log_softmax(self._logits(scores, self.student_temp, norms), dim=-1)
 
     @torch.no_grad()
@@ -170,18 +152,15 @@ class DINOLoss(PrototypeDistillation):
     ``forward(student_scores, teacher_scores, teacher_temp, student_norms, teacher_norms)``
     takes per-view head scores ``<w_k, y>`` (student: all V views, globals first; teacher:
     the global views) and the prototype norms of each side (needed only with ``vmf``).
-    After the call, ``last_stats`` holds monitoring values of the teacher distribution.
+    Returns ``loss_dino`` and the detached ``teacher_entropy`` / ``teacher_unique_argmax`` of
+    the centred teacher distribution.
     """
 
-    def forward(self,
-                student_scores: Sequence[torch.Tensor],
-                teacher_scores: Sequence[torch.Tensor],
-                teacher_temp: float,
+    def forward(self, student_scores: Sequence[torch.Tensor],
+                teacher_scores: Sequence[torch.Tensor], teacher_temp: float,
                 student_norms: Optional[torch.Tensor] = None,
-                teacher_norms: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.vmf and (student_norms is None or teacher_norms is None):
-            raise ValueError('DINOLoss(vmf=True) needs student_norms and teacher_norms; the '
-                             'head must have a prototype layer')
+                teacher_norms: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        self.check_norms(student_norms, teacher_norms)
         for i, s in enumerate(list(student_scores) + list(teacher_scores)):
             if s.shape[-1] != self.num_prototypes:
                 raise ValueError(f'DINOLoss(num_prototypes={self.num_prototypes}) got scores '
@@ -194,6 +173,5 @@ class DINOLoss(PrototypeDistillation):
         log_ps = self.student_log_probs(torch.cat(list(student_scores)), student_norms).split(
             [s.shape[0] for s in student_scores])
         loss = multi_view_cross_entropy(qs, log_ps)
-        self.last_stats = distribution_stats(q_all)
         self.update_center(teacher_all.detach().float(), raw_all)
-        return loss
+        return dict(loss_dino=loss, **prototype_usage_stats(q_all))

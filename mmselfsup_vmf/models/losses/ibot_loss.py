@@ -4,12 +4,13 @@ The CLS term of iBOT is DINO's (``DINOLoss``); this module adds the patch term w
 centre and the teacher patch temperature passed in by the algorithm. The distributions come
 from ``PrototypeDistillation``, so the vMF term and the centring switch work as for DINO.
 """
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from mmpretrain.registry import MODELS
 
 from .dino_loss import PrototypeDistillation
+from .numerics import prototype_usage_stats
 
 
 def masked_patch_cross_entropy(teacher_probs: torch.Tensor,
@@ -40,16 +41,6 @@ def masked_patch_cross_entropy(teacher_probs: torch.Tensor,
     return (per_patch * weights).sum(-1) / weights.sum(-1).clamp_min(1.0)
 
 
-@torch.no_grad()
-def _stats(probs: torch.Tensor) -> dict:
-    """Mean entropy and number of distinct argmax prototypes of (..., K) teacher patches."""
-    p = probs.reshape(-1, probs.shape[-1])
-    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
-    return dict(entropy=entropy,
-                unique_argmax=torch.tensor(float(torch.unique(p.argmax(-1)).numel()),
-                                           device=p.device))
-
-
 @MODELS.register_module()
 class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spelling)
     """iBOT's patch term: teacher patches of global view g against the masked student view g.
@@ -62,19 +53,16 @@ class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spe
     (:func:`masked_patch_cross_entropy`), averaged over the batch, then over the views.
 
     The centre is iBOT's ``center2``: the teacher patch statistic averaged over the patches of
-    each image, then over the images of all ranks; it is updated after the loss. Constructor
-    arguments are ``PrototypeDistillation``'s (``num_prototypes`` is the patch K).
+    each image, then over the images of all ranks; it is updated after the loss. Returns
+    ``loss_patch`` and the detached ``patch_teacher_entropy`` / ``patch_teacher_unique_argmax``.
+    Constructor arguments are ``PrototypeDistillation``'s (``num_prototypes`` is the patch K).
     """
 
-    def forward(self,
-                student_scores: Sequence[torch.Tensor],
-                teacher_scores: Sequence[torch.Tensor],
-                masks: Sequence[torch.Tensor],
-                teacher_temp: float,
-                student_norms: Optional[torch.Tensor] = None,
-                teacher_norms: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.vmf and (student_norms is None or teacher_norms is None):
-            raise ValueError('iBOTPatchLoss(vmf=True) needs student_norms and teacher_norms')
+    def forward(self, student_scores: Sequence[torch.Tensor],
+                teacher_scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                teacher_temp: float, student_norms: Optional[torch.Tensor] = None,
+                teacher_norms: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        self.check_norms(student_norms, teacher_norms)
         if not (len(student_scores) == len(teacher_scores) == len(masks)) or not masks:
             raise ValueError(f'iBOTPatchLoss needs one student view, teacher view and mask per '
                              f'global view; got {len(student_scores)}, {len(teacher_scores)} '
@@ -96,7 +84,6 @@ class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spe
         mask = torch.cat([m.reshape(m.shape[0], -1) for m in masks])
         per_image = masked_patch_cross_entropy(q, log_p, mask)
         loss = torch.stack([v.mean() for v in per_image.split(sizes)]).mean()
-        self.last_stats = _stats(q)
         # iBOT's center2: mean over the patches of an image, then over all images (all ranks)
         self.update_center(teacher_all.detach().float().mean(1), raw.mean(1))
-        return loss
+        return dict(loss_patch=loss, **prototype_usage_stats(q, prefix='patch_'))

@@ -20,13 +20,18 @@ from torch import Tensor, nn
 
 from ..utils.dist import global_batch_size
 from .coding_rate import coding_rate
+from .numerics import at_least_float32, autocast_off
 
 EXPA_TYPES = ('mean', 'student')
 _OFFICIAL_EXPA_TYPES = {0: 'student', 1: 'mean'}  # the official integer flag
 
 
-def _at_least_fp32(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
+def check_rate_batch(per_gpu_batch: int, who: str = 'SimDINO') -> None:
+    """The coding rate of one sample per rank is degenerate: name the setting to change."""
+    if per_gpu_batch < 2:
+        raise ValueError(
+            f'{who} needs at least 2 images per GPU for its coding-rate term, got a per-GPU '
+            f'batch of {per_gpu_batch}; increase train_dataloader.batch_size')
 
 
 def default_gamma(d: int, n: int) -> float:
@@ -54,10 +59,10 @@ def alignment_cosine(student: Tensor, teacher: Tensor) -> Tensor:
         teacher: (G, m, d), used as a constant (detached).
     """
     num_global, num_views = teacher.shape[0], student.shape[0]
-    s = _at_least_fp32(student)
-    t = _at_least_fp32(teacher.detach()).to(s.dtype)
+    s = at_least_float32(student)
+    t = at_least_float32(teacher.detach()).to(s.dtype)
     # cosine (not a plain dot product) as in SimDINO v1: robust to unnormalised inputs.
-    with torch.autocast(device_type=s.device.type, enabled=False):
+    with autocast_off(s.device.type):
         sim = F.cosine_similarity(t.unsqueeze(1), s.unsqueeze(0), dim=-1).mean(-1)  # (G, V)
     same_view = torch.eye(num_global, num_views, dtype=torch.bool, device=sim.device)
     return sim.masked_fill(same_view, 0).sum() / (num_global * num_views - num_global)
@@ -92,17 +97,14 @@ def simdino_loss_terms(student: Union[Sequence[Tensor], Tensor],
                     f'SimDINOLoss: teacher view {g} has shape {tuple(t[g].shape)} but '
                     f'student view {g} has shape {tuple(s[g].shape)}')
     m, d = s.shape[1], s.shape[2]
-    if m < 2:
-        raise ValueError(
-            f'SimDINO needs at least 2 images per GPU (got a per-GPU batch of {m}): the '
-            'coding rate of a single sample per rank is degenerate; increase the batch size')
+    check_rate_batch(m)
     if expa_type not in EXPA_TYPES:
         raise ValueError(f'SimDINOLoss: expa_type must be one of {EXPA_TYPES}, '
                          f'got {expa_type!r}')
 
     comp = alignment_cosine(s, t)
 
-    student_global = _at_least_fp32(s[:num_global])
+    student_global = at_least_float32(s[:num_global])
     if expa_type == 'mean':
         # not renormalised; the teacher half is a constant, as in the official code
         rate_features = (student_global + t.detach().to(student_global.dtype)) / 2
@@ -208,9 +210,9 @@ def masked_patch_cosine_loss_gathered(student_masked: Tensor, teacher_masked: Te
     if int(num_images) != num_images or num_images < 1:
         raise ValueError(f'masked_patch_cosine_loss_gathered: num_images must be >= 1, '
                          f'got {num_images!r}')
-    s = _at_least_fp32(student_masked)
-    t = _at_least_fp32(teacher_masked.detach()).to(s.dtype)
-    with torch.autocast(device_type=s.device.type, enabled=False):
+    s = at_least_float32(student_masked)
+    t = at_least_float32(teacher_masked.detach()).to(s.dtype)
+    with autocast_off(s.device.type):
         cos = F.cosine_similarity(s, t, dim=-1)
     return -(cos * weights.to(cos.dtype)).sum() / num_images
 
@@ -235,5 +237,5 @@ def masked_patch_cosine_loss(student_tokens: Tensor, teacher_tokens: Tensor,
                          f'{tuple(masks.shape)}')
     return masked_patch_cosine_loss_gathered(
         student_tokens[masks], teacher_tokens[masks],
-        patch_mask_weights(masks, _at_least_fp32(student_tokens).dtype),
+        patch_mask_weights(masks, at_least_float32(student_tokens).dtype),
         num_images=masks.shape[0])

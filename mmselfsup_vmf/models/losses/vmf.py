@@ -61,6 +61,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from .numerics import autocast_off, host_checks_are_free
+
 _LOG_2PI = math.log(2 * math.pi)
 # The Debye expansion is evaluated only at orders >= this; smaller orders use the recurrence.
 _MIN_DEBYE_ORDER = 20
@@ -230,15 +232,13 @@ def _prepare_kappa(kappa) -> Tuple[torch.Tensor, torch.dtype]:
     if not kappa.is_floating_point():
         raise TypeError(f'kappa must be a floating-point tensor, got dtype {kappa.dtype}')
     tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    if not tracing and bool((kappa.detach() < 0).any()):
+    # a host-side check would sync every step on an accelerator; kappa = ||w||/tau >= 0 by
+    # construction there, and the check guards direct calls on the CPU
+    if not tracing and host_checks_are_free(kappa) and bool((kappa.detach() < 0).any()):
         raise ValueError('kappa must be >= 0 (kappa = ||w|| / tau); got a negative value, '
                          f'min {kappa.detach().min().item():.6g}')
     out_dtype = torch.float64 if kappa.dtype == torch.float64 else torch.float32
     return kappa, out_dtype
-
-
-def _autocast_off(device: torch.device):
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def vmf_log_normalizer(kappa: torch.Tensor, dim: int,
@@ -262,7 +262,7 @@ def vmf_log_normalizer(kappa: torch.Tensor, dim: int,
     dim = _check_dim(dim)
     kappa, out_dtype = _prepare_kappa(kappa)
     nu = dim / 2 - 1
-    with _autocast_off(kappa.device):
+    with autocast_off(kappa.device.type):
         if approximation == 'debye':
             if nu == 0:
                 raise ValueError("approximation='debye' is undefined for dim=2 (Bessel order "
@@ -280,7 +280,7 @@ def vmf_mean_resultant_length(kappa: torch.Tensor, dim: int) -> torch.Tensor:
     """
     dim = _check_dim(dim)
     kappa, out_dtype = _prepare_kappa(kappa)
-    with _autocast_off(kappa.device):
+    with autocast_off(kappa.device.type):
         kappa64 = kappa.to(torch.float64)
         with torch.no_grad():
             _, q = _exact_log_c_and_q(kappa64, dim / 2 - 1, need_value=False)

@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from mmengine.dist import get_rank
-from mmengine.logging import MessageHub
 from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 from mmpretrain.registry import MODELS
 
@@ -36,8 +35,10 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
         mask_cfg (dict, optional): options of the mode, passed to
             :func:`generate_masks`, e.g. ``dict(pred_ratio=(0, 0.3), pred_ratio_var=(0, 0.2))``
             or ``dict(mask_probability=0.5, ratio_range=(0.1, 0.5))``.
-        mask_start_epoch (int): iBOT ``pred_start_epoch``: before this epoch (read from
-            the MessageHub, 0 when absent) the masks are all False. Defaults to 0.
+        mask_start_epoch (int): iBOT ``pred_start_epoch``: before this epoch the masks are
+            all False. Defaults to 0. The epoch and iteration come from
+            :meth:`set_train_progress` (the algorithm forwards ``TrainProgressHook``'s call);
+            both are 0 until then.
         seed (int): seed of the mask generator. Defaults to 0.
         **kwargs: ``SelfSupDataPreprocessor`` arguments (mean, std, to_rgb, ...).
     """
@@ -64,11 +65,14 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
         self.mask_mode = mask_mode
         self.mask_start_epoch = int(mask_start_epoch)
         self.seed = int(seed)
+        self.epoch, self.iteration = 0, 0
+
+    def set_train_progress(self, epoch: int, iteration: int) -> None:
+        self.epoch, self.iteration = int(epoch), int(iteration)
 
     def mask_rng(self) -> np.random.Generator:
-        """Generator seeded by (seed, global iteration, rank); iteration 0 when unknown."""
-        iteration = MessageHub.get_current_instance().get_info('iter', 0)
-        return np.random.default_rng([self.seed, int(iteration), get_rank()])
+        """Generator seeded by (seed, global iteration, rank)."""
+        return np.random.default_rng([self.seed, self.iteration, get_rank()])
 
     def global_view_masks(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """Masks of the first ``num_global_views`` views, (B, num_global_views, h, w) bool."""
@@ -87,8 +91,7 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
                              f'patch_size={self.patch_size}')
         batch = global_views[0].shape[0]
         num_crops = self.num_global_views * batch
-        epoch = MessageHub.get_current_instance().get_info('epoch', 0)
-        if epoch < self.mask_start_epoch:
+        if self.epoch < self.mask_start_epoch:
             masks = np.zeros((num_crops, *grid), dtype=bool)
         else:
             masks = generate_masks(num_crops, grid, self.mask_mode, self.mask_rng(),

@@ -1,31 +1,14 @@
 """DINO / SelfDistillation on real modules: EMA teacher, multi-crop routing, loss wiring."""
 import math
-import uuid
 
 import numpy as np
 import pytest
 import torch
-from mmengine.logging import MessageHub
 from mmpretrain.registry import MODELS
 
 from mmselfsup_vmf.models.algorithms.self_distillation import group_by_size, split_tokens
 
 EMBED = 24
-
-
-@pytest.fixture(autouse=True)
-def _drop_test_hubs():
-    """The MessageHubs made here (they become 'current') must not leak into other tests."""
-    yield
-    for name in [n for n in MessageHub._instance_dict if n.startswith('test_dino_')]:
-        MessageHub._instance_dict.pop(name)
-
-
-def fresh_hub(**info):
-    hub = MessageHub.get_instance(f'test_dino_{uuid.uuid4().hex}')  # becomes current
-    for key, value in info.items():
-        hub.update_info(key, value)
-    return hub
 
 
 def vit(drop_path=0.0):
@@ -85,7 +68,7 @@ def test_teacher_is_a_frozen_eval_mode_copy_with_its_own_storage():
 def test_ema_update_on_real_modules():
     total, m0 = 10, 0.9
     model = build_dino(teacher_momentum=m0)
-    fresh_hub(max_iters=total)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=total)
     model.update_teacher()  # first call: copy (teacher already equals the student)
     old = {k: v.clone() for k, v in model.teacher.module.state_dict().items()}
     with torch.no_grad():
@@ -107,7 +90,7 @@ def test_ema_update_on_real_modules():
 def test_only_global_crops_go_through_the_teacher():
     model = build_dino()
     model.train()
-    fresh_hub(max_iters=5, epoch=0)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=5)
     seen = {'teacher': [], 'student': []}
     hooks = [model.teacher.module['backbone'].register_forward_hook(
                  lambda m, i, o: seen['teacher'].append(tuple(i[0].shape))),
@@ -131,7 +114,7 @@ def test_loss_equals_reference_from_the_modules_outputs():
     teacher at the scheduled temperature of the current epoch, centre 0 at the start."""
     model = build_dino(teacher_temp=dict(start=0.04, end=0.07, warmup_epochs=3))
     model.train()
-    fresh_hub(max_iters=5, epoch=2)  # linspace(0.04, 0.07, 3)[2] = 0.07
+    model.set_train_progress(epoch=2, iteration=0, max_iters=5)  # linspace(0.04, 0.07, 3)[2] = 0.07
     views = multicrop_views(batch=3, seed=1, num_local=2)
     losses = model.loss(views, [])
     assert set(losses) == {'loss_dino', 'teacher_entropy', 'teacher_unique_argmax'}
@@ -165,7 +148,7 @@ def test_batch_of_one_works_for_dino():
     a single image per device trains."""
     model = build_dino()
     model.train()
-    fresh_hub(max_iters=5, epoch=0)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=5)
     loss = model.loss(multicrop_views(batch=1, num_local=1), [])['loss_dino']
     assert torch.isfinite(loss)
     loss.backward()
@@ -178,7 +161,7 @@ def test_resnet_with_pooling_neck_and_knn_features():
                        data_preprocessor=dict(type='SelfSupDataPreprocessor', mean=[0.] * 3,
                                               std=[1.] * 3))
     model.train()
-    fresh_hub(max_iters=5, epoch=0)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=5)
     assert 'neck' in model.teacher.module
     views = multicrop_views(batch=4, num_local=2)
     loss = model.loss(views, [])['loss_dino']
@@ -216,3 +199,24 @@ def test_dino_momentum_convention_is_converted():
     assert model.teacher.momentum == pytest.approx(0.004)
     assert model.teacher.end_momentum == pytest.approx(0.0)
     assert math.isclose(1 - model.teacher.momentum, 0.996)
+
+
+def test_vmf_dimension_must_match_the_head_bottleneck():
+    """p of log C_p(kappa) is the prototype dimension: a different loss.dim would silently
+    give another normaliser, so the build fails and names both config keys."""
+    with pytest.raises(ValueError, match=r'model\.loss\.dim=64 .*bottleneck_channels=16'):
+        build_dino(loss=dict(type='DINOLoss', num_prototypes=32, dim=64, vmf=True,
+                             centering='probability'))
+    # the same mismatch without the vMF term is harmless (dim is unused) and builds
+    build_dino(loss=dict(type='DINOLoss', num_prototypes=32, dim=64))
+    ibot = dict(
+        type='iBOT',
+        backbone=dict(type='MaskedViT', img_size=16, patch_size=8, out_type='raw',
+                      arch=dict(embed_dims=EMBED, num_layers=1, num_heads=2,
+                                feedforward_channels=2 * EMBED)),
+        head=dict(type='DINOHead', in_channels=EMBED, hidden_channels=32,
+                  bottleneck_channels=16, num_prototypes=32),
+        loss=dict(type='DINOLoss', num_prototypes=32, dim=16, vmf=True),
+        patch_loss=dict(type='iBOTPatchLoss', num_prototypes=32, dim=256, vmf=True))
+    with pytest.raises(ValueError, match=r'model\.patch_loss\.dim=256'):
+        MODELS.build(ibot)

@@ -148,7 +148,7 @@ def test_loss_matches_float64_reference(vmf, num_patch_prototypes, shared_head_t
     out = model.loss(views, samples)
     loss_cls, loss_patch, t_cls, t_patch = reference_ibot_loss(model, views, vmf,
                                                                shared_head_teacher)
-    assert float(out['loss_cls']) == pytest.approx(loss_cls, rel=1e-9)
+    assert float(out['loss_dino']) == pytest.approx(loss_cls, rel=1e-9)
     assert float(out['loss_patch']) == pytest.approx(loss_patch, rel=1e-9)
     for key in ('teacher_entropy', 'teacher_unique_argmax', 'patch_teacher_entropy',
                 'patch_teacher_unique_argmax'):
@@ -175,7 +175,7 @@ def test_local_crops_feed_only_the_cls_term():
     other = views[:2] + [torch.randn_like(v) for v in views[2:]]
     out_b = model_b.loss(other, samples)
     assert float(out_b['loss_patch']) == float(out_a['loss_patch'])
-    assert float(out_b['loss_cls']) != pytest.approx(float(out_a['loss_cls']), rel=1e-6)
+    assert float(out_b['loss_dino']) != pytest.approx(float(out_a['loss_dino']), rel=1e-6)
 
 
 def test_separate_patch_layer_gets_only_patch_gradients():
@@ -187,7 +187,7 @@ def test_separate_patch_layer_gets_only_patch_gradients():
     v2 = model.head.last_layer2.parametrizations.weight.original1
     assert v1.grad is None and v2.grad.abs().sum() > 0
     v2.grad = None
-    out['loss_cls'].backward()
+    out['loss_dino'].backward()
     assert v2.grad is None and v1.grad.abs().sum() > 0
 
 
@@ -203,6 +203,37 @@ def test_teacher_is_updated_in_training_mode_and_student_masks_matter():
         sample.set_field(torch.zeros(2, 2, 2, dtype=torch.bool), 'mask', dtype=torch.Tensor)
     assert float(model.loss(views, samples)['loss_patch']) == 0.0
     assert float(out['loss_patch']) > 0
+
+
+@pytest.mark.parametrize('pred_start_epoch', [0, 3])
+def test_patch_temperature_schedule_is_ibots_delayed_by_pred_start_epoch(pred_start_epoch):
+    """iBOT's ``teacher_temp2_schedule`` (main_ibot.py): held at the warm-up value for
+    ``pred_start_epoch`` epochs, then linspace over the warm-up epochs, then the final value;
+    the CLS temperature is not delayed. Written out here with numpy as iBOT does."""
+    epochs, warmup, start, end = 12, 4, 0.04, 0.07
+    model = MODELS.build(dict(
+        type='iBOT',
+        backbone=dict(type='MaskedViT', img_size=8, patch_size=4, out_type='raw',
+                      arch=dict(embed_dims=16, num_layers=1, num_heads=2,
+                                feedforward_channels=32)),
+        head=dict(type='DINOHead', in_channels=16, hidden_channels=24, bottleneck_channels=P,
+                  num_prototypes=K),
+        loss=dict(type='DINOLoss', num_prototypes=K, dim=P),
+        patch_loss=dict(type='iBOTPatchLoss', num_prototypes=K, dim=P),
+        teacher_temp=dict(start=start, end=end, warmup_epochs=warmup),
+        teacher_patch_temp=dict(start=start, end=end, warmup_epochs=warmup),
+        data_preprocessor=dict(type='MaskedSelfSupDataPreprocessor', patch_size=4,
+                               mask_start_epoch=pred_start_epoch)))
+    ramp = np.linspace(start, end, warmup)
+    cls_expected = np.concatenate((ramp, np.ones(epochs - warmup) * end))
+    patch_expected = cls_expected if pred_start_epoch == 0 else np.concatenate((
+        np.ones(pred_start_epoch) * start, ramp,
+        np.ones(epochs - warmup - pred_start_epoch) * end))
+    for epoch in range(epochs):
+        model.set_train_progress(epoch=epoch, iteration=epoch, max_iters=epochs)
+        values = model.schedule_values()
+        assert values['teacher_temp'] == pytest.approx(cls_expected[epoch], abs=1e-15)
+        assert values['teacher_patch_temp'] == pytest.approx(patch_expected[epoch], abs=1e-15)
 
 
 def test_clear_errors():
@@ -317,7 +348,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     for key, value in opt_a['state'].items():
         _same(value, opt_b['state'][key])
     hub_a, hub_b = straight.message_hub, resumed.message_hub
-    for key in ('train/loss_cls', 'train/loss_patch'):
+    for key in ('train/loss_dino', 'train/loss_patch'):
         assert hub_a.get_scalar(key).current() == hub_b.get_scalar(key).current()
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.logging import MessageHub
 from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
@@ -105,7 +104,7 @@ def test_float32_training_step_matches_reference_and_updates_only_the_student():
     model = tiny_simdino()
     perturb_teacher(model)
     model.train(True)
-    MessageHub.get_current_instance().update_info('max_iters', 10)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=10)
     views = make_views(batch=8)
     teacher_before = copy.deepcopy(model.teacher.module.state_dict())
     losses = model.loss(views, [DataSample() for _ in range(8)])

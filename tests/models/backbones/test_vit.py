@@ -62,12 +62,15 @@ def pil_bicubic_antialiased(grid, size):
     return np.stack(channels, -1)
 
 
-def bicubic_by_hand(grid, size, a=-0.75):
-    """torch-style bicubic (align_corners=False, clamped borders) of a (h, w, C) array."""
+def bicubic_by_hand(grid, size, a=-0.75, offset=0.0):
+    """torch-style bicubic (align_corners=False, clamped borders) of a (h, w, C) array.
+
+    ``offset`` > 0: sampled as ``F.interpolate(scale_factor=(size + offset) / src)`` does,
+    i.e. at (i + 0.5) * src / (size + offset) - 0.5 (DINO's interpolate_offset)."""
     def weights_1d(src_len, dst_len):
         mat = np.zeros((dst_len, src_len))
         for i in range(dst_len):
-            pos = (i + 0.5) * src_len / dst_len - 0.5
+            pos = (i + 0.5) * src_len / (dst_len + offset) - 0.5
             base = math.floor(pos)
             t = pos - base
             for k, d in zip(range(base - 1, base + 3), (1 + t, t, 1 - t, 2 - t)):
@@ -192,6 +195,30 @@ def test_small_crop_uses_resized_pos_embed(registers):
     tokens = encoder_input(model, torch.randn(2, 3, 12, 12), torch.ones(2, 3, 3, dtype=torch.bool))
     expected = pil_bicubic_antialiased(grid, (3, 3)).reshape(9, 48) + mask_token
     np.testing.assert_allclose(tokens[0, 1 + registers:].numpy(), expected, atol=1e-4)
+
+
+def test_dino_interpolate_offset_samples_the_stretched_grid():
+    """pos_embed_offset=0.1: DINO's interpolate_pos_encoding on a 3x3 local crop of an 8x8
+    grid — not the same as resizing to 3x3 (the sampling points move by ~3 %)."""
+    model = build(pos_embed_offset=0.1, with_mask_token=False)
+    assert model.mask_token is None
+    pos = model.pos_embed.detach().double()[0]
+    grid = pos[1:].reshape(8, 8, 48).numpy()
+    expected_pos = bicubic_by_hand(grid, (3, 3), offset=0.1).reshape(9, 48)
+    images = torch.randn(2, 3, 12, 12)
+    got = encoder_input(model, images)[:, 1:] - patch_embed_by_hand(model, images)
+    np.testing.assert_allclose(got[0].numpy(), expected_pos, atol=1e-5)
+    plain = bicubic_by_hand(grid, (3, 3)).reshape(9, 48)
+    assert np.abs(expected_pos - plain).max() > 1e-2  # the switch really changes the field
+    # at the training resolution nothing is interpolated
+    full = torch.randn(1, 3, 32, 32)
+    np.testing.assert_allclose((encoder_input(model, full)[0, 1:]
+                                - patch_embed_by_hand(model, full)[0]).numpy(),
+                               pos[1:].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match='with_mask_token=False'):
+        model(torch.randn(1, 3, 32, 32), torch.ones(1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match='pos_embed_offset'):
+        build(pos_embed_offset=1.5)
 
 
 def test_checkpoint_pos_embed_is_resized_on_load_with_registers():

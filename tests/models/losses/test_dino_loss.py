@@ -82,7 +82,8 @@ def test_loss_gradient_and_centre_over_several_steps(centering):
         teacher = [t + offset for t in make_scores(100 + step, 2, batch, k, 0.3)]
         student = [s.requires_grad_() for s in make_scores(200 + step, 2, batch, k)
                    + make_scores(300 + step, 3, batch, k)]
-        loss = loss_module(student, teacher, tau_t)
+        terms = loss_module(student, teacher, tau_t)
+        loss = terms['loss_dino']
         loss.backward()
         expected, qs, log_ps = ref(student_np(student), teacher, tau_t)
         assert loss.dtype == torch.float32
@@ -94,8 +95,9 @@ def test_loss_gradient_and_centre_over_several_steps(centering):
         # monitoring statistics of the (centred) teacher distribution
         q_all = np.concatenate(qs)
         entropy = -(q_all * np.log(q_all)).sum(-1).mean()
-        assert loss_module.last_stats['entropy'].item() == pytest.approx(entropy, rel=1e-4)
-        assert loss_module.last_stats['unique_argmax'].item() == \
+        assert not terms['teacher_entropy'].requires_grad
+        assert terms['teacher_entropy'].item() == pytest.approx(entropy, rel=1e-4)
+        assert terms['teacher_unique_argmax'].item() == \
             len(np.unique(q_all.argmax(-1)))
     # the centre really moved away from its start (a no-op update would fail above too)
     start = 0.0 if centering == 'logit' else 1.0 / k
@@ -121,9 +123,8 @@ def test_logit_centre_acts_on_raw_scores_before_the_temperature():
                                atol=1e-7)
 
 
-def test_probability_centre_keeps_a_per_prototype_constant():
-    """A constant added to prototype k's logit changes q (logit centring would remove it
-    at steady state; the probability centre only divides by the EMA marginal)."""
+def test_probability_centre_divides_by_the_ema_marginal():
+    """q = softmax(t / tau) / Pbar, renormalised (hand formula in numpy)."""
     k, tau_t = 6, 0.1
     loss_module = DINOLoss(num_prototypes=k, centering='probability')
     pbar = np.array([0.3, 0.1, 0.2, 0.15, 0.05, 0.2])
@@ -133,6 +134,38 @@ def test_probability_centre_keeps_a_per_prototype_constant():
     expected = np_softmax(t.numpy() / tau_t) / pbar
     expected /= expected.sum(-1, keepdims=True)
     np.testing.assert_allclose(q.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('centering, absorbed', [('probability', True), ('logit', False)])
+def test_running_centre_and_a_per_prototype_logit_constant(centering, absorbed):
+    """The vMF term is a per-prototype constant c_k in the teacher logits. Two losses see the
+    same stream of teacher scores, one with c_k added (as a vMF term with spread prototype
+    norms does), each with its own running centre. The probability centre absorbs c_k at
+    steady state (it divides by the EMA of softmax(l + c), which carries e^{c_k}) — at p = 256,
+    tau_t = 0.07 by about 10x; the logit centre acts on the raw scores and keeps it."""
+    k, dim, tau_t, batch = 256, 256, 0.07, 64
+    gen = torch.Generator().manual_seed(0)
+    norms = torch.exp(0.5 * torch.randn(k, generator=gen, dtype=torch.float64))
+    directions = torch.nn.functional.normalize(
+        torch.randn(k, dim, generator=gen, dtype=torch.float64), dim=-1)
+    plain = DINOLoss(k, centering=centering).double()
+    with_term = DINOLoss(k, centering=centering, vmf=True, dim=dim).double()
+    distances = []
+    for _ in range(80):
+        y = torch.nn.functional.normalize(
+            torch.randn(batch, dim, generator=gen, dtype=torch.float64), dim=-1)
+        scores = y @ (directions * norms.unsqueeze(1)).T
+        q_plain, raw_plain = plain.teacher_distribution(scores, tau_t)
+        q_term, raw_term = with_term.teacher_distribution(scores, tau_t, norms)
+        distances.append(0.5 * (q_term - q_plain).abs().sum(-1).mean().item())
+        plain.update_center(scores, raw_plain)
+        with_term.update_center(scores, raw_term)
+    first, steady = distances[0], np.mean(distances[-10:])
+    assert first > 0.1  # the constant matters before any centring
+    if absorbed:
+        assert steady < first / 4
+    else:
+        assert steady > 0.8 * first
 
 
 def test_pairs_skip_same_view_and_average_over_terms():
@@ -151,7 +184,7 @@ def test_teacher_gets_no_gradient_and_centre_is_in_state_dict():
     loss_module = DINOLoss(num_prototypes=k)
     teacher = [t.requires_grad_() for t in make_scores(3, 2, 4, k)]
     student = [s.requires_grad_() for s in make_scores(4, 4, 4, k)]
-    loss_module(student, teacher, 0.04).backward()
+    loss_module(student, teacher, 0.04)['loss_dino'].backward()
     assert all(t.grad is None for t in teacher)
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
     state = loss_module.state_dict()
@@ -166,7 +199,7 @@ def test_loss_maths_runs_in_float32_under_bf16_autocast():
     teacher = [t.bfloat16() for t in make_scores(5, 2, 3, k)]
     student = [s.bfloat16() for s in make_scores(6, 3, 3, k)]
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        loss = loss_module(student, teacher, 0.04)
+        loss = loss_module(student, teacher, 0.04)['loss_dino']
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     expected, _, _ = ref([s.float().numpy() for s in student],
                          [t.float().numpy() for t in teacher], 0.04)

@@ -94,7 +94,7 @@ def test_vmf_with_normalised_prototypes_reduces_to_dino(centering):
             s_scores = [head(f) for f in feats]
             kwargs = dict(student_norms=head.prototype_norms(),
                           teacher_norms=teacher.prototype_norms()) if use_norms else {}
-            loss = loss_fn(s_scores, t_scores, 0.04, **kwargs)
+            loss = loss_fn(s_scores, t_scores, 0.04, **kwargs)['loss_dino']
             loss.backward()
             grads = {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
             results.append((loss.detach(), grads))
@@ -229,11 +229,11 @@ def test_bf16_autocast_extreme_inputs_give_finite_loss_and_grads(approximation):
         s_scores = [head(f) for f in feats]
         assert s_scores[0].dtype == torch.bfloat16  # the head really ran in half precision
         loss = loss_fn(s_scores, t_scores, 0.04, student_norms=head.prototype_norms(),
-                       teacher_norms=teacher.prototype_norms())
+                       teacher_norms=teacher.prototype_norms())['loss_dino']
         patch_loss = patch_fn([head(x, patch=True) for x in patches],
                               [teacher(x, patch=True) for x in patches], masks, 0.07,
                               student_norms=head.prototype_norms(),
-                              teacher_norms=teacher.prototype_norms())
+                              teacher_norms=teacher.prototype_norms())['loss_patch']
     assert loss.dtype == torch.float32
     assert torch.isfinite(loss) and torch.isfinite(patch_loss)
     (loss + patch_loss).backward()
@@ -254,7 +254,7 @@ def test_fp16_scores_and_norms_give_finite_loss():
     norms_s = norms.clone().float().requires_grad_()
     loss_fn = DINOLoss(k, centering='probability', vmf=True, dim=32)
     loss = loss_fn(student, [scores, scores], 0.04, student_norms=norms_s.half(),
-                   teacher_norms=norms)
+                   teacher_norms=norms)['loss_dino']
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(s.grad.float()).all() for s in student)

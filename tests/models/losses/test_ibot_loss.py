@@ -59,11 +59,11 @@ def test_patch_loss_averages_masked_patches_then_batch_then_views():
     teacher, student, masks, _, expected = _hand_example()
     assert expected == pytest.approx(0.53946914, abs=1e-8)
     loss_fn = iBOTPatchLoss(num_prototypes=2, student_temp=1.0, centering='none')
-    loss = loss_fn(student, teacher, masks, teacher_temp=1.0)
+    loss = loss_fn(student, teacher, masks, teacher_temp=1.0)['loss_patch']
     assert float(loss) == pytest.approx(expected, rel=1e-12)
     # flattened (B, N) masks give the same result
     flat = [m.flatten(1) for m in masks]
-    assert float(loss_fn(student, teacher, flat, 1.0)) == pytest.approx(expected, rel=1e-12)
+    assert float(loss_fn(student, teacher, flat, 1.0)['loss_patch']) == pytest.approx(expected, rel=1e-12)
 
 
 def test_patch_loss_temperatures_scale_scores():
@@ -71,7 +71,8 @@ def test_patch_loss_temperatures_scale_scores():
     scores gives the hand-computed value again."""
     teacher, student, masks, _, expected = _hand_example()
     loss_fn = iBOTPatchLoss(num_prototypes=2, student_temp=0.5, centering='none')
-    loss = loss_fn([s * 0.5 for s in student], [t * 0.07 for t in teacher], masks, 0.07)
+    loss = loss_fn([s * 0.5 for s in student], [t * 0.07 for t in teacher], masks,
+                   0.07)['loss_patch']
     assert float(loss) == pytest.approx(expected, rel=1e-9)
 
 
@@ -90,7 +91,7 @@ def test_patch_logit_centre_is_mean_over_patches_then_images():
     # the centre is used in the next call: teacher scores equal to it give uniform q, so a
     # uniform student costs exactly ln 2 per masked patch
     q_teacher = [loss_fn.center.center.expand(2, 2, 2).clone()] * 2
-    loss = loss_fn(student, q_teacher, masks, 0.04)
+    loss = loss_fn(student, q_teacher, masks, 0.04)['loss_patch']
     assert float(loss) == pytest.approx(LN2, rel=1e-6)
 
 
@@ -101,7 +102,7 @@ def test_patch_probability_centre_hand_values():
     student = [torch.zeros(3, 4, 2)] * 2
     masks = [torch.ones(3, 4, dtype=torch.bool)] * 2
     loss_fn = iBOTPatchLoss(num_prototypes=2, centering='probability', student_temp=1.0)
-    loss = loss_fn(student, teacher, masks, 1.0)
+    loss = loss_fn(student, teacher, masks, 1.0)['loss_patch']
     assert float(loss) == pytest.approx(LN2, rel=1e-6)  # uniform student: ln 2 whatever q is
     np.testing.assert_allclose(loss_fn.center.center.numpy(), [0.5125, 0.4875], rtol=1e-6)
 
@@ -119,7 +120,8 @@ def test_patch_loss_vmf_uses_patch_norms():
     mask = [torch.ones(1, 1, dtype=torch.bool)]
     loss_fn = iBOTPatchLoss(num_prototypes=2, student_temp=tau_s, centering='none', vmf=True,
                             dim=3)
-    loss = loss_fn(student, teacher, mask, 1.0, student_norms=norms, teacher_norms=norms)
+    loss = loss_fn(student, teacher, mask, 1.0, student_norms=norms,
+                   teacher_norms=norms)['loss_patch']
     shift_s = np.array([log_c3(1 / tau_s), log_c3(3 / tau_s)])
     shift_t = np.array([log_c3(1.0), log_c3(3.0)])
     q = np.exp(shift_t - shift_t.max())
@@ -172,10 +174,10 @@ def _run_losses(rows):
     for s_cls, t_cls, s_patch, t_patch, masks in _batches():
         pick = (lambda views: [v[rows] for v in views])
         losses.append([
-            float(cls_loss(pick(s_cls), pick(t_cls), 0.05, cls_norms, cls_norms)),
+            float(cls_loss(pick(s_cls), pick(t_cls), 0.05, cls_norms, cls_norms)['loss_dino']),
             float(patch_prob(pick(s_patch), pick(t_patch), pick(masks), 0.06, patch_norms,
-                             patch_norms)),
-            float(patch_logit(pick(s_patch), pick(t_patch), pick(masks), 0.06)),
+                             patch_norms)['loss_patch']),
+            float(patch_logit(pick(s_patch), pick(t_patch), pick(masks), 0.06)['loss_patch']),
         ])
     return dict(losses=torch.tensor(losses, dtype=torch.float64),
                 cls=cls_loss.center.center.clone(), patch_prob=patch_prob.center.center.clone(),

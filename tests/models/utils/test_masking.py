@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 from mmengine.dataset import default_collate
-from mmengine.logging import MessageHub
 from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS, TRANSFORMS
 from scipy import ndimage
@@ -13,15 +12,6 @@ from mmselfsup_vmf.models.utils.masking import (block_mask, generate_masks, ibot
 
 GRID = (14, 14)
 N = 196
-
-
-@pytest.fixture
-def hub():
-    """The current MessageHub, with 'iter'/'epoch' removed again afterwards."""
-    message_hub = MessageHub.get_current_instance()
-    yield message_hub
-    for key in ('iter', 'epoch'):
-        message_hub.runtime_info.pop(key, None)
 
 
 # ----------------------------------------------------------------------------- ratios
@@ -216,18 +206,19 @@ def _sample_batch(num_images=3, global_size=32, local_size=16, num_local=3):
     return default_collate(results)
 
 
-def _build_preprocessor(**kwargs):
+def _build_preprocessor(epoch=0, iteration=0, **kwargs):
     cfg = dict(type='MaskedSelfSupDataPreprocessor', mean=MEAN, std=STD, to_rgb=True,
                patch_size=4)
     cfg.update(kwargs)
-    return MODELS.build(cfg)
+    preprocessor = MODELS.build(cfg)
+    preprocessor.set_train_progress(epoch, iteration)  # what the algorithm forwards
+    return preprocessor
 
 
-def test_preprocessor_normalises_and_masks_global_views(hub):
+def test_preprocessor_normalises_and_masks_global_views():
     batch = _sample_batch()
     raw_views = [v.clone() for v in batch['inputs']]
-    hub.update_info('iter', 7)
-    out = _build_preprocessor()(batch, training=True)
+    out = _build_preprocessor(iteration=7)(batch, training=True)
     views = out['inputs']
     assert [tuple(v.shape) for v in views] == [(3, 3, 32, 32)] * 2 + [(3, 3, 16, 16)] * 3
     # BGR -> RGB then (x - mean) / std, computed here in float64
@@ -239,22 +230,20 @@ def test_preprocessor_normalises_and_masks_global_views(hub):
     # default iBOT mode on an 8x8 grid: ratio 0 or U(0.1, 0.5) -> at most int(0.5 * 64)
     assert masks.flatten(2).sum(-1).max() <= 32
     # the same iteration redraws the same masks (resume); another iteration differs
-    again = _build_preprocessor()(_sample_batch(), training=True)
+    again = _build_preprocessor(iteration=7)(_sample_batch(), training=True)
     torch.testing.assert_close(torch.stack([s.mask for s in again['data_samples']]), masks)
     np.testing.assert_array_equal(
         masks.permute(1, 0, 2, 3).reshape(6, 8, 8).numpy(),
         generate_masks(6, (8, 8), 'ibot', np.random.default_rng([0, 7, 0])))
-    hub.update_info('iter', 8)
-    other = _build_preprocessor()(_sample_batch(), training=True)
+    other = _build_preprocessor(iteration=8)(_sample_batch(), training=True)
     assert not torch.equal(torch.stack([s.mask for s in other['data_samples']]), masks)
 
 
-def test_preprocessor_stratified_over_all_global_crops(hub):
+def test_preprocessor_stratified_over_all_global_crops():
     # 4 images x 2 global views = 8 crops, p = 0.5 -> exactly 4 masked crops in total
     for it in range(5):
-        hub.update_info('iter', it)
         batch = _sample_batch(num_images=4, num_local=1)
-        out = _build_preprocessor(mask_mode='stratified',
+        out = _build_preprocessor(iteration=it, mask_mode='stratified',
                                   mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)))(
                                       batch, training=True)
         masks = torch.stack([s.mask for s in out['data_samples']])
@@ -262,17 +251,15 @@ def test_preprocessor_stratified_over_all_global_crops(hub):
         assert (masks.flatten(2).sum(-1) > 0).sum() == 4
 
 
-def test_preprocessor_eval_start_epoch_and_no_samples(hub):
+def test_preprocessor_eval_start_epoch_and_no_samples():
     batch = _sample_batch()
     out = _build_preprocessor()(batch, training=False)
     assert all('mask' not in s for s in out['data_samples'])
     # before mask_start_epoch the masks exist but are all False
-    hub.update_info('epoch', 1)
-    out = _build_preprocessor(mask_start_epoch=2, mask_cfg=dict(pred_ratio=0.3))(
+    out = _build_preprocessor(epoch=1, mask_start_epoch=2, mask_cfg=dict(pred_ratio=0.3))(
         _sample_batch(), training=True)
     assert not torch.stack([s.mask for s in out['data_samples']]).any()
-    hub.update_info('epoch', 2)
-    out = _build_preprocessor(mask_start_epoch=2, mask_cfg=dict(pred_ratio=0.3))(
+    out = _build_preprocessor(epoch=2, mask_start_epoch=2, mask_cfg=dict(pred_ratio=0.3))(
         _sample_batch(), training=True)
     assert torch.stack([s.mask for s in out['data_samples']]).flatten(1).any(1).all()
     # plain inference: no data samples, nothing to attach

@@ -9,38 +9,21 @@
 """
 import math
 import os.path as osp
-import uuid
 
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
 
 from mmselfsup_vmf.models.heads import DINOHead
-from mmselfsup_vmf.models.utils import cosine_schedule, teacher_temperature
+from mmselfsup_vmf.models.utils import teacher_temperature
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 BASE_SCHEDULE = osp.join(ROOT, 'configs', '_base_', 'schedules', 'adamw_coslr_coswd.py')
-
-
-@pytest.fixture(autouse=True)
-def _drop_test_hubs():
-    """The MessageHubs made here (they become 'current') must not leak into other tests."""
-    yield
-    for name in [n for n in MessageHub._instance_dict if n.startswith('test_schedules_')]:
-        MessageHub._instance_dict.pop(name)
-
-
-def fresh_hub(**info):
-    hub = MessageHub.get_instance(f'test_schedules_{uuid.uuid4().hex}')  # becomes current
-    for key, value in info.items():
-        hub.update_info(key, value)
-    return hub
 
 
 # ----------------------------------------------------------------------------- temperature
@@ -54,17 +37,6 @@ def test_teacher_temperature_is_dino_linspace(warmup):
         assert got[:2] == [start, end]
     with pytest.raises(ValueError, match='epoch'):
         teacher_temperature(-1, warmup, start, end)
-
-
-def test_cosine_schedule_closed_form():
-    total = 7
-    got = [cosine_schedule(t, total, 0.04, 0.4) for t in range(total + 3)]
-    expected = [0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * t / total))
-                for t in range(total)] + [0.4] * 3
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
-    assert got[0] == pytest.approx(0.04) and got[total] == 0.4
-    with pytest.raises(ValueError, match='total_steps'):
-        cosine_schedule(0, 0, 0.0, 1.0)
 
 
 TINY_VIT = dict(type='VisionTransformer', img_size=16, patch_size=8, out_type='cls_token',
@@ -82,14 +54,17 @@ def tiny_dino(**kwargs):
     return model
 
 
-def test_teacher_temperature_follows_the_runner_epoch():
+def test_teacher_temperature_follows_the_train_progress():
+    """The epoch reaches the model through set_train_progress (TrainProgressHook in a run;
+    tests/integration/test_train_e2e.py checks the hook in a real Runner)."""
     model = tiny_dino(teacher_temp=dict(start=0.04, end=0.07, warmup_epochs=4))
-    hub = fresh_hub()
     expected = np.linspace(0.04, 0.07, 4)
+    assert model.schedule_values() == dict(teacher_temp=0.04)  # before any progress
     for epoch in range(6):
-        hub.update_info('epoch', epoch)
+        model.set_train_progress(epoch=epoch, iteration=10 * epoch, max_iters=60)
         want = expected[epoch] if epoch < 4 else 0.07
-        assert model.teacher_temperature() == pytest.approx(want, abs=1e-15)
+        assert model.schedule_values()['teacher_temp'] == pytest.approx(want, abs=1e-15)
+        assert model.teacher.max_iters == 60
 
 
 # ----------------------------------------------------------------------------- momentum
@@ -104,7 +79,7 @@ def test_teacher_ema_matches_closed_form_dino_recursion():
     total, m0 = 6, 0.6  # a small m0 makes any off-by-one in t clearly visible
     model = tiny_dino(teacher_momentum=m0)
     model.train()
-    fresh_hub(max_iters=total, epoch=0)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=total)
     names = [n for n, _ in model.teacher.module.named_parameters()]
     student = dict(model._student_modules().named_parameters())
     teacher = dict(model.teacher.module.named_parameters())
@@ -129,7 +104,7 @@ def test_teacher_ema_matches_closed_form_dino_recursion():
 
 def test_teacher_not_updated_outside_training():
     model = tiny_dino(teacher_momentum=0.5)
-    fresh_hub(max_iters=10, epoch=0)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=10)
     model.train()
     views = [torch.randn(2, 3, 16, 16) for _ in range(2)]
     model.loss(views, [])  # first step: teacher = student
