@@ -107,7 +107,8 @@ def texts():
 # ----------------------------------------------------------------- the checkers themselves
 def test_slug_follows_github():
     assert github_slug('vMF log-normaliser') == 'vmf-log-normaliser'
-    assert github_slug('Shared machinery (`SelfDistillation`)') == 'shared-machinery-selfdistillation'
+    assert (github_slug('Shared machinery (`SelfDistillation`)')
+            == 'shared-machinery-selfdistillation')
     assert github_slug('SimDINO ViT-B/16 recipe') == 'simdino-vit-b16-recipe'
     assert github_slug('k-NN accuracy') == 'k-nn-accuracy'
     assert github_slug('SimDINO / SimDINOv2') == 'simdino--simdinov2'
