@@ -1,7 +1,9 @@
 """SimDINO (CLS-token) and SimDINOv2 (masked-patch) losses.
 
-Semantics follow the official code (RobinWu218/SimDINO, ``MCRLoss`` and
-``CosinePatchLoss.forward_masked``); see docs simdino.md §1.4–1.6 and §2.
+Semantics follow the official code (RobinWu218/SimDINO at
+8149fc4ed8ee3fd97b7bde900447414e6669e71b, ``MCRLoss`` and ``CosinePatchLoss.forward_masked``);
+see docs/simdino.md#alignment-term, docs/simdino.md#coding-rate-term and
+docs/simdino.md#simdinov2-masked-patch-loss.
 
 CLS objective, minimised (V views, G = num_global teacher views, m images per rank,
 n = m·N the global batch, d the feature size):

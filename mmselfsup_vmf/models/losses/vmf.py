@@ -31,10 +31,11 @@ Method (``approximation='exact'``), with :math:`\nu = p/2 - 1`:
    direction (relative errors are multiplied by :math:`A_\mu A_{\mu+1} < 1` per step).
 
 Why this and not the alternatives: torch has I_nu only for nu in {0, 1}, and scaled Bessel
-routines underflow at large nu and small kappa (spec 1.5). A small-kappa power series plus a
-large-kappa Hankel expansion needs a switch in kappa whose position depends on nu, and the
-Hankel series is poor near kappa ~ nu. The Debye expansion needs no switch in kappa at all, and
-the recurrence covers the small orders where the expansion is not accurate.
+routines underflow at large nu and small kappa (docs/methods.md#vmf-log-normaliser). A
+small-kappa power series plus a large-kappa Hankel expansion needs a switch in kappa whose
+position depends on nu, and the Hankel series is poor near kappa ~ nu. The Debye expansion needs
+no switch in kappa at all, and the recurrence covers the small orders where the expansion is not
+accurate.
 
 The branch depends on ``dim`` only, so value and gradient are smooth in kappa. Measured against
 mpmath (60 digits) for p in {2..64, 256, 257, 768, 1024}, kappa = 0 and 46 log-spaced values in
@@ -122,7 +123,8 @@ def _debye_series_coefficients(order: float) -> Tuple[float, ...]:
 
 
 def _debye_leading(kappa: torch.Tensor, order: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Leading Debye term of log C (spec closed form) at Bessel order ``order``, and s."""
+    """Leading Debye term of log C at Bessel order ``order``, and s
+    (docs/methods.md#vmf-log-normaliser)."""
     s = torch.sqrt(order * order + kappa * kappa)
     value = order * torch.log(order + s) - s + 0.5 * torch.log(s) - (order + 0.5) * _LOG_2PI
     return value, s
