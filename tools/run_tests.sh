@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$(bash tools/install.sh cpu,tests)
+echo "[lint] ruff check (settings in pyproject.toml)"
+"$PY" -m ruff check .
 exec "$PY" -m pytest -q "$@"
