@@ -5,7 +5,8 @@ mmengine 0.10 tags every dict inherited from a ``scope::`` base with ``_scope_``
 as keywords, so ``dict(type='default_collate', _scope_='mmpretrain')`` raises
 ``TypeError: default_collate() got an unexpected keyword argument '_scope_'`` (the other
 registries' ``build`` consume ``_scope_``). :func:`resolve_collate_scope` does what ``build``
-does: it looks ``type`` up in the ``FUNCTIONS`` registry of that scope and drops the tag;
+does: it looks ``type`` up in the ``FUNCTIONS`` registry of that scope (or mmengine's, as
+``build`` falls back to) and drops the tag;
 :func:`apply_scoped_collate_shim` makes ``Runner.build_dataloader`` call it first.
 """
 import copy
@@ -25,8 +26,8 @@ def resolve_collate_scope(dataloader_cfg):
     collate = dict(collate)
     scope = collate.pop('_scope_')
     if isinstance(collate.get('type'), str):
-        with FUNCTIONS.switch_scope_and_registry(scope) as registry:
-            function = registry.get(collate['type'])
+        # the scope's own FUNCTIONS registry if it has one (mmpretrain has none), else the root
+        function = FUNCTIONS.get(f"{scope}.{collate['type']}") or FUNCTIONS.get(collate['type'])
         if function is None:
             raise KeyError(f"collate_fn type {collate['type']!r} is not registered in the "
                            f'FUNCTIONS registry of scope {scope!r}')

@@ -23,6 +23,7 @@ from fractions import Fraction
 from typing import Optional
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 EPOCH_KEYS = ('begin', 'end', 'T_max', 'step_size')
 
@@ -87,8 +88,18 @@ def shorten_run(cfg: Config, epochs: Optional[int] = None,
     loop['max_epochs'] = epochs
 
     scheds = cfg.get('param_scheduler') or []
-    for sched in [scheds] if isinstance(scheds, dict) else scheds:
+    scheds = [scheds] if isinstance(scheds, dict) else list(scheds)
+    for sched in scheds:
         _scale_scheduler(sched, factor, epoch_iters)
+    # a phase shorter than half an iteration (e.g. a 10-of-100-epoch warm-up in 2 iterations)
+    # is dropped rather than given an empty range, which mmengine rejects
+    kept = [s for s in scheds if s.get('by_epoch', True) or 'end' not in s
+            or s['end'] > s.get('begin', 0)]
+    if len(kept) < len(scheds):
+        print_log(f'--epochs/--epoch-iters: dropped {len(scheds) - len(kept)} param_scheduler '
+                  'phase(s) shorter than half an iteration', logger='current')
+    if 'param_scheduler' in cfg:
+        cfg.param_scheduler = kept
 
     model = cfg.get('model', {})
     for key in ('teacher_temp', 'teacher_patch_temp'):
