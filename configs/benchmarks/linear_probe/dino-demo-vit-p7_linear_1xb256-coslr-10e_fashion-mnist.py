@@ -72,3 +72,5 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
+# a backbone checkpoint that does not fit model.backbone is an error (mmengine only warns)
+custom_hooks = [dict(type='PretrainedMatchHook')]
