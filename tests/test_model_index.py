@@ -4,7 +4,6 @@ import glob
 import os.path as osp
 
 import yaml
-
 from testing_utils import ROOT
 
 METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')

@@ -9,7 +9,6 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
-
 from testing_utils import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -96,8 +95,9 @@ FASHION = '/usr/share/datasets/fashion-mnist'
 # ImageNet (mmpretrain's MoCo v3 base) -> demo images in memory, 28 px views, a small ViT;
 # only --cfg-options, the config file itself is used as written
 IMAGENET_TO_DEMO = [
-    'train_dataloader.dataset.type=FashionMNISTSubset', f'train_dataloader.dataset.data_root={FASHION}',
-    'train_dataloader.dataset.pipeline.0.type=KeyMapper',  # images are in memory: no file loading
+    'train_dataloader.dataset.type=FashionMNISTSubset',
+    f'train_dataloader.dataset.data_root={FASHION}',
+    'train_dataloader.dataset.pipeline.0.type=KeyMapper',  # in-memory images: no file loading
     'train_dataloader.dataset.pipeline.1.transforms.0.0.scale=28',
     'train_dataloader.dataset.pipeline.1.transforms.1.0.scale=28',
     'model.backbone.arch=deit-tiny', 'model.backbone.img_size=28', 'model.backbone.patch_size=7',

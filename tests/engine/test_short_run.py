@@ -8,11 +8,9 @@ new length (float64).
 import math
 
 import pytest
-import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-
 from testing_utils import ROOT, load_tool
 
 from mmselfsup_vmf.engine.short_run import shorten_run

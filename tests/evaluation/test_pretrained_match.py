@@ -16,7 +16,6 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import save_checkpoint
 from mmpretrain.registry import MODELS
-
 from testing_utils import ROOT, load_tool
 
 from mmselfsup_vmf.evaluation.pretrained_check import check_pretrained_fits, describe_mismatch
