@@ -10,7 +10,7 @@ compresses all of them by the same factor ``E / E_old``:
 - the teacher temperature warm-ups (``model.teacher_temp`` / ``teacher_patch_temp``
   ``warmup_epochs``), iBOT's ``mask_start_epoch`` and ``FreezeLastLayerHook.epochs``, rounded
   to whole epochs because DINO's temperature schedule has one value per epoch;
-- epoch intervals of the checkpoint and k-NN hooks are capped at ``E``.
+- epoch intervals of validation and of the checkpoint and k-NN hooks are capped at ``E``.
 
 The EMA momentum needs nothing: ``TrainProgressHook`` gives the model the real ``max_iters``.
 ``N`` caps each epoch at N iterations by keeping the first ``N x batch x world size`` samples
@@ -86,6 +86,8 @@ def shorten_run(cfg: Config, epochs: Optional[int] = None,
     epochs = old_epochs if epochs is None else int(epochs)
     factor = Fraction(epochs, old_epochs)
     loop['max_epochs'] = epochs
+    if 'val_interval' in loop:
+        loop['val_interval'] = min(int(loop['val_interval']), epochs)
 
     scheds = cfg.get('param_scheduler') or []
     scheds = [scheds] if isinstance(scheds, dict) else list(scheds)

@@ -95,6 +95,18 @@ def test_epochs_only_scales_the_published_recipe():
     assert cfg.model.teacher_patch_temp.warmup_epochs == 3
 
 
+def test_validation_and_hook_intervals_are_capped():
+    probe = f'{ROOT}/configs/benchmarks/linear_probe/' \
+        'dino-demo-vit-p7_linear_1xb256-coslr-10e_fashion-mnist.py'
+    cfg = shorten_run(Config.fromfile(probe), epochs=2)
+    assert cfg.train_cfg.val_interval == 2  # was 10: the shortened run still validates
+    (cosine,) = cfg.param_scheduler
+    assert (cosine.T_max, cosine.end) == (2.0, 2.0)
+    demo = shorten_run(Config.fromfile(DINO_DEMO), epochs=1)
+    knn = [h for h in demo.custom_hooks if h.type == 'KNNHook']
+    assert knn[0].interval == 1 and demo.default_hooks.checkpoint.interval == 1
+
+
 def test_only_epoch_based_loops_are_shortened():
     cfg = Config(dict(train_cfg=dict(type='IterBasedTrainLoop', max_iters=100)))
     with pytest.raises(ValueError, match='epoch-based train_cfg'):
