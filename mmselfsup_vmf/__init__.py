@@ -4,9 +4,10 @@ Importing this package applies the stack shims and registers every class in mmpr
 registries, so a config only needs
 ``custom_imports = dict(imports=['mmselfsup_vmf'], allow_failed_imports=False)``.
 """
-from . import shims
+from . import scoped_collate, shims
 
 shims.apply_all()
+scoped_collate.apply_scoped_collate_shim()
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration)
 

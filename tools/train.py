@@ -10,6 +10,7 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mmselfsup_vmf  # noqa: E402,F401  (shims + registration even without custom_imports)
 from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
+from mmselfsup_vmf.engine.short_run import shorten_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -23,6 +24,10 @@ def parse_args(argv=None):
                         help='mixed precision (fp16 on GPU, bf16 on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by total batch / auto_scale_lr.base_batch_size')
+    parser.add_argument('--epochs', type=int,
+                        help='shorten to this many epochs, every schedule rescaled with it')
+    parser.add_argument('--epoch-iters', type=int,
+                        help='cap each epoch at this many iterations (smoke runs)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
     parser.add_argument('--trust-checkpoint', action='store_true',
@@ -45,6 +50,8 @@ def merge_args(cfg: Config, args) -> Config:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    if args.epochs is not None or args.epoch_iters is not None:
+        shorten_run(cfg, args.epochs, args.epoch_iters)  # after --cfg-options: a new base
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

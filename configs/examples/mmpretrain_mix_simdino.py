@@ -25,9 +25,7 @@ model = dict(
     teacher_momentum=0.996,
     data_preprocessor={{_base_.data_preprocessor}})
 
-# mmengine 0.10 tags every dict of a `mmpretrain::` base with `_scope_` and then passes it to
-# the collate function as a keyword (TypeError); restating collate_fn drops the tag
-train_dataloader = dict(batch_size=64, collate_fn=dict(_delete_=True, type='default_collate'))
+train_dataloader = dict(batch_size=64)  # the base's collate_fn=default_collate is kept
 
 # plain mmengine optimisation (on GPUs use type='AmpOptimWrapper', loss_scale='dynamic')
 max_epochs = 100
@@ -44,6 +42,11 @@ param_scheduler = [
          begin=10, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=3), divergence=dict(type='DivergenceGuardHook'),
-                     unreadable_samples=dict(type='UnreadableSampleHook'))
+default_hooks = dict(
+    checkpoint=dict(max_keep_ckpts=3),
+    # epoch / iteration / run length -> the teacher's EMA momentum schedule
+    train_progress=dict(type='TrainProgressHook'),
+    # this project's safety hooks (configs/_base_/default_runtime.py has them)
+    divergence=dict(type='DivergenceGuardHook'),
+    unreadable_samples=dict(type='UnreadableSampleHook'))
 auto_scale_lr = dict(base_batch_size=256)

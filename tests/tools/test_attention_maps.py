@@ -113,15 +113,44 @@ def test_pngs_of_expected_size_for_astronaut(tmp_path, astronaut):
     assert names == ['astronaut_grid.png', 'astronaut_head0.png', 'astronaut_head1.png',
                      'astronaut_mean.png']
     for p in paths:
-        img = cv2.imread(p)
-        assert img is not None, p
-        expected = (96, 4 * 96, 3) if p.endswith('grid.png') else (96, 96, 3)
-        assert img.shape == expected, (p, img.shape)
+        if not p.endswith('grid.png'):
+            assert cv2.imread(p).shape == (96, 96, 3), p
+
+    # 4 labelled panels in 2 x 2, no empty cell: input, mean, head 0, head 1, each panel the
+    # image under its caption band
+    grid_img = cv2.imread(osp.join(tmp_path, 'out', 'astronaut_grid.png'))
+    band = grid_img.shape[0] // 2 - 96
+    assert grid_img.shape == (2 * (96 + band), 2 * 96, 3) and band > 5
+    _, rgb = tool.prepare_image(tool.read_rgb(astronaut), 96, 16, tool.IMAGENET_MEAN,
+                                tool.IMAGENET_STD)
+    panels = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)] + [
+        cv2.imread(osp.join(tmp_path, 'out', f'astronaut_{n}.png'))
+        for n in ('mean', 'head0', 'head1')]
+    for i, expected in enumerate(panels):
+        r, c = divmod(i, 2)
+        top, left = r * (96 + band), c * 96
+        caption = grid_img[top:top + band, left:left + 96]
+        assert (caption < 100).any() and (caption == 255).mean() > 0.5, i  # text on white
+        assert (grid_img[top + band:top + band + 96, left:left + 96] == expected).all(), i
 
     # The maps are the teacher's (the student weights in the file are all zeros).
     x, _ = tool.prepare_image(tool.read_rgb(astronaut), 96, 16, tool.IMAGENET_MEAN,
                               tool.IMAGENET_STD)
     assert torch.allclose(maps, tool.cls_attention_maps(teacher, x, 16), atol=1e-6)
+
+
+def test_grid_has_no_empty_cell():
+    # hand-listed: the smallest divisor of n that is at least sqrt(n)
+    expected = {1: 1, 3: 3, 4: 2, 5: 5, 6: 3, 8: 4, 14: 7, 16: 4, 18: 6}
+    assert {n: tool.grid_columns(n) for n in expected} == expected
+
+
+def test_bundled_sample_photo():
+    skimage_data = pytest.importorskip('skimage.data', reason='needs scikit-image')
+    assert (tool.read_rgb('skimage:coffee') == skimage_data.coffee()).all()
+    with pytest.raises(ValueError, match='unknown sample image skimage:nope; choose from '
+                                         'skimage:astronaut'):
+        tool.read_rgb('skimage:nope')
 
 
 def test_maskedvit_with_registers_config_and_exported_checkpoint(tmp_path, astronaut):
@@ -163,6 +192,10 @@ def test_cli(tmp_path, astronaut, capsys):
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert cv2.imread(str(out / 'astronaut_mean.png')).shape == (64, 64, 3)
+
+    pytest.importorskip('skimage.data', reason='the default image needs scikit-image')
+    assert tool.main([config, ckpt, '--out', str(tmp_path / 'default'), '--image-size', '32']) == 0
+    assert cv2.imread(str(tmp_path / 'default' / 'astronaut_grid.png')) is not None
 
     assert tool.main([config, ckpt, str(tmp_path / 'none.png')]) == 1
     assert capsys.readouterr().err.startswith('error: image not found')

@@ -7,13 +7,17 @@ Backbones that have ``get_last_selfattention`` (this project's ``MaskedViT``, wh
 handles registers) are asked for it; a plain mmpretrain ``VisionTransformer`` is walked
 layer by layer here.
 
-Usage: python tools/visualization/attention_maps.py CONFIG CHECKPOINT IMAGE [--out DIR]
+Usage: python tools/visualization/attention_maps.py CONFIG CHECKPOINT [IMAGE] [--out DIR]
            [--key teacher|student] [--image-size 480] [--patch-size 16]
+
+IMAGE is a file or ``skimage:<name>``, one of scikit-image's bundled photographs (loaded at
+run time, e.g. ``skimage:astronaut``, the default, or ``skimage:coffee``).
 
 CONFIG is the pre-training config (its ``model.backbone`` is built); CHECKPOINT is a
 pre-training checkpoint (``--key`` picks teacher/student) or a file written by
 ``tools/model_converters/extract_backbone.py``. Writes ``<stem>_head<i>.png``,
-``<stem>_mean.png`` (both at the resized image's size) and ``<stem>_grid.png``.
+``<stem>_mean.png`` (both at the resized image's size) and ``<stem>_grid.png``: the image, the
+mean over heads and every head, each panel labelled, in a grid without empty cells.
 """
 import argparse
 import importlib.util
@@ -132,9 +136,28 @@ def cls_attention_maps(backbone, x: torch.Tensor, patch_size: int) -> torch.Tens
 
 
 # --------------------------------------------------------------------------- image
+SAMPLE_PREFIX = 'skimage:'
+SAMPLES = ('astronaut', 'coffee', 'chelsea', 'rocket', 'cat')  # RGB photos of skimage.data
+
+
+def sample_image(name: str) -> np.ndarray:
+    """One of scikit-image's bundled RGB photographs, (H, W, 3) uint8."""
+    if name not in SAMPLES:
+        raise ValueError(f'unknown sample image {SAMPLE_PREFIX}{name}; choose from '
+                         + ', '.join(SAMPLE_PREFIX + s for s in SAMPLES))
+    try:
+        import skimage.data
+    except ImportError as e:
+        raise ValueError(f'{SAMPLE_PREFIX}{name} needs scikit-image (pip install '
+                         'scikit-image)') from e
+    return getattr(skimage.data, name)()
+
+
 def read_rgb(image) -> np.ndarray:
-    """Path or (H, W[, 3]) array -> (H, W, 3) uint8 RGB."""
+    """Path, ``skimage:<name>`` or (H, W[, 3]) array -> (H, W, 3) uint8 RGB."""
     import cv2
+    if isinstance(image, str) and image.startswith(SAMPLE_PREFIX):
+        return sample_image(image[len(SAMPLE_PREFIX):])
     if isinstance(image, str):
         if not osp.isfile(image):
             raise FileNotFoundError(f'image not found: {image}')
@@ -176,19 +199,33 @@ def overlay(rgb: np.ndarray, attention: torch.Tensor, alpha: float = 0.5) -> np.
     return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0)
 
 
-def grid(images: Sequence[np.ndarray], cols: int = 4) -> np.ndarray:
-    rows = math.ceil(len(images) / cols)
-    h, w = images[0].shape[:2]
-    canvas = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    return canvas
+def grid_columns(n: int) -> int:
+    """The smallest divisor of n that is >= sqrt(n): a grid no taller than wide, no empty cell."""
+    return min(c for c in range(1, n + 1) if n % c == 0 and c * c >= n)
+
+
+def label(img: np.ndarray, text: str) -> np.ndarray:
+    """``img`` under a white band with ``text`` in black, scaled to the panel width."""
+    import cv2
+    scale = max(0.3, img.shape[1] / 320)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    band = np.full((th + base + 6, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, text, (max(0, (img.shape[1] - tw) // 2), th + 3),
+                cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, img])
+
+
+def grid(images: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
+    """Labelled panels of equal size in ``grid_columns(len(images))`` columns."""
+    panels = [label(img, title) for img, title in zip(images, titles)]
+    cols = grid_columns(len(panels))
+    rows = [np.concatenate(panels[r:r + cols], axis=1) for r in range(0, len(panels), cols)]
+    return np.concatenate(rows, axis=0)
 
 
 def save_attention_maps(rgb: np.ndarray, maps: torch.Tensor, out_dir: str,
                         stem: str) -> List[str]:
-    """Write per-head and mean overlays (image size) plus a grid; returns the paths."""
+    """Write per-head and mean overlays (image size) plus a labelled grid; returns paths."""
     import cv2
     os.makedirs(out_dir, exist_ok=True)
     overlays = [overlay(rgb, m) for m in maps] + [overlay(rgb, maps.mean(0))]
@@ -199,11 +236,13 @@ def save_attention_maps(rgb: np.ndarray, maps: torch.Tensor, out_dir: str,
         cv2.imwrite(paths[-1], cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     paths.append(osp.join(out_dir, f'{stem}_grid.png'))
     tiles = [rgb, overlays[-1]] + overlays[:-1]
-    cv2.imwrite(paths[-1], cv2.cvtColor(grid(tiles), cv2.COLOR_RGB2BGR))
+    titles = ['input', f'mean of {len(maps)} heads'] + [f'head {i}' for i in range(len(maps))]
+    cv2.imwrite(paths[-1], cv2.cvtColor(grid(tiles, titles), cv2.COLOR_RGB2BGR))
     return paths
 
 
-def attention_maps(config: str, checkpoint: str, image, out_dir: str = 'attention_maps',
+def attention_maps(config: str, checkpoint: str, image='skimage:astronaut',
+                   out_dir: str = 'attention_maps',
                    key: str = 'teacher', image_size: Optional[int] = 480,
                    patch_size: Optional[int] = None) -> Tuple[torch.Tensor, List[str]]:
     """Full pipeline; returns the (heads, h, w) maps and the written PNG paths."""
@@ -212,7 +251,10 @@ def attention_maps(config: str, checkpoint: str, image, out_dir: str = 'attentio
     patch = _patch_size(backbone, patch_size)
     x, rgb = prepare_image(read_rgb(image), image_size, patch, mean, std)
     maps = cls_attention_maps(backbone, x, patch)
-    stem = osp.splitext(osp.basename(image))[0] if isinstance(image, str) else 'image'
+    if isinstance(image, str) and image.startswith(SAMPLE_PREFIX):
+        stem = image[len(SAMPLE_PREFIX):]
+    else:
+        stem = osp.splitext(osp.basename(image))[0] if isinstance(image, str) else 'image'
     return maps, save_attention_maps(rgb, maps, out_dir, stem)
 
 
@@ -222,7 +264,9 @@ def parse_args(argv=None):
         'overlays, computed explicitly (no fused attention kernel).')
     parser.add_argument('config', help='pre-training config (its model.backbone is built)')
     parser.add_argument('checkpoint', help='pre-training checkpoint or exported backbone')
-    parser.add_argument('image', help='input image')
+    parser.add_argument('image', nargs='?', default=SAMPLE_PREFIX + 'astronaut',
+                        help='image file, or skimage:NAME for a photo bundled with '
+                        f"scikit-image ({', '.join(SAMPLES)}); default skimage:astronaut")
     parser.add_argument('--out', default='attention_maps', help='output folder')
     parser.add_argument('--key', choices=('teacher', 'student'), default='teacher',
                         help='network of a pre-training checkpoint (default: teacher)')

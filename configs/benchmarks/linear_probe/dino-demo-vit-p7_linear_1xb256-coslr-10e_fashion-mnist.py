@@ -1,9 +1,9 @@
 # Linear probe of the CPU demo (configs/dino/demo_fashion-mnist.py): the pre-trained tiny ViT
 # (28 px, patch 7, 64-d, 4 blocks) is frozen and a linear layer is trained on the normalised
 # CLS token of the last block, on 5,000 Fashion-MNIST training images; accuracy on 1,000 test
-# images. A few minutes on 2 CPU cores. For the other demos change `backbone` to their
-# `model.backbone` (e.g. simdino: patch 4, 96-d, 3 heads, FFN 192; a MaskedViT with
-# registers needs type='MaskedViT' and num_register_tokens) and `embed_dims`.
+# images (timing in docs/downstream.md §3). Every demo config has this ViT; the SimDINOv2
+# demo's has 4 registers: set model.backbone.type='MaskedViT' and num_register_tokens=4 (the
+# PretrainedMatchHook error says so).
 #
 #   --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/<demo run>/backbone.pth
 _base_ = ['mmpretrain::_base_/default_runtime.py']
@@ -72,3 +72,5 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=max_epochs, max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
+# a backbone checkpoint that does not fit model.backbone is an error (mmengine only warns)
+custom_hooks = [dict(type='PretrainedMatchHook')]

@@ -78,3 +78,5 @@ train_dataloader = dict(batch_size=4)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+# a backbone checkpoint that does not fit model.backbone is an error (mmengine only warns)
+custom_hooks = [dict(type='PretrainedMatchHook')]

@@ -95,3 +95,5 @@ train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+# a backbone checkpoint that does not fit model.backbone is an error (mmengine only warns)
+custom_hooks = [dict(type='PretrainedMatchHook')]
