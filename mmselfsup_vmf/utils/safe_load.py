@@ -99,35 +99,48 @@ def _offending_type(source, error: Exception) -> str:
     return _first_line(error)
 
 
+def _set_environment(values: dict) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    """Set (str) or unset (None) environment variables for the duration of the block."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        _set_environment(values)
+        yield
+    finally:
+        _set_environment(saved)
+
+
 @contextlib.contextmanager
 def refusing_untrusted(source, extra_safe: Iterable = ()):
     """Run a ``torch.load`` under the allowlist; translate its refusals into one line.
 
     Also forces ``weights_only=True`` on loads that pass ``weights_only=False`` explicitly
     (``torch.hub.load_state_dict_from_url``, used by mmengine's http/torchvision/mmcls
-    loaders), via torch's own ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` switch.
+    loaders), via torch's own ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` switch (its opposite,
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, is lifted meanwhile: the opt-in is ours).
     """
     if trust_enabled():
         yield
         return
-    previous = os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD')
-    os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = '1'
-    try:
-        with torch.serialization.safe_globals(checkpoint_allowlist() + list(extra_safe)):
-            try:
-                yield
-            except pickle.UnpicklingError as e:
-                if isinstance(e, UntrustedCheckpointError):
-                    raise
-                raise UntrustedCheckpointError(
-                    f'{source}: refusing to unpickle {_offending_type(source, e)}: not a type '
-                    f'mmengine or mmselfsup_vmf writes, and unpickling it could run code; if '
-                    f'you trust this file, opt in with {OPT_IN}') from None
-    finally:
-        if previous is None:
-            os.environ.pop('TORCH_FORCE_WEIGHTS_ONLY_LOAD', None)
-        else:
-            os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = previous
+    with _environment(TORCH_FORCE_WEIGHTS_ONLY_LOAD='1', TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=None), \
+            torch.serialization.safe_globals(checkpoint_allowlist() + list(extra_safe)):
+        try:
+            yield
+        except pickle.UnpicklingError as e:
+            if isinstance(e, UntrustedCheckpointError):
+                raise
+            raise UntrustedCheckpointError(
+                f'{source}: refusing to unpickle {_offending_type(source, e)}: not a type '
+                f'mmengine or mmselfsup_vmf writes, and unpickling it could run code; if '
+                f'you trust this file, opt in with {OPT_IN}') from None
 
 
 def load_checkpoint_file(filename: str, map_location=None, extra_safe: Iterable = (),

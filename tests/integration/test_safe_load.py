@@ -72,8 +72,12 @@ def test_the_crafted_checkpoint_runs_its_command_when_trusted(evil, monkeypatch)
     assert marker.exists()
 
 
-def test_load_checkpoint_refuses(evil):
+@pytest.mark.parametrize('torch_env', [None, 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'])
+def test_load_checkpoint_refuses(evil, monkeypatch, torch_env):
+    """Also when torch's own switch to unsafe loading is set in the environment."""
     path, marker = evil
+    if torch_env:
+        monkeypatch.setenv(torch_env, '1')
     with pytest.raises(UntrustedCheckpointError) as err:
         load_checkpoint(torch.nn.Linear(2, 2), path, map_location='cpu')
     assert_refused(err.value, marker)

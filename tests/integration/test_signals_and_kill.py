@@ -45,7 +45,7 @@ def start_training(cfg_path, work_dir, *args):
     return subprocess.Popen(
         [sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg_path, '--work-dir',
          str(work_dir), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env, start_new_session=True)  # a terminal's Ctrl-C would not reach pytest
+        env=env, start_new_session=True)  # its own process group (signalled as a whole)
 
 
 def run_until_iteration(proc, iteration, timeout=120):
@@ -86,13 +86,16 @@ def test_signal_saves_at_the_next_iteration_and_resume_is_exact(tmp_path, straig
     work_dir = tmp_path / 'work'
     proc = start_training(cfg_path, work_dir)
     run_until_iteration(proc, at)
-    proc.send_signal(getattr(signal, signame))
+    # to the whole process group, as a terminal's Ctrl-C or slurm's scancel do: the loader
+    # worker gets it too and must keep serving batches until the boundary
+    os.killpg(proc.pid, getattr(signal, signame))
     out, _ = proc.communicate(timeout=120)
     note = f'(MMSV_FAULT_SEED={SEED}, signal after iteration {at})'
     assert proc.returncode == 128 + getattr(signal, signame), out[-3000:] + note
     assert 'Traceback' not in out, out[-3000:] + note
     stop_line = [line for line in out.splitlines() if f'{signame} received' in line]
     assert len(stop_line) == 1, note
+    print(stop_line[0], note)  # shown with pytest -s
     saved = stop_line[0].split('saved ')[1].split(';')[0]
     assert open(work_dir / 'last_checkpoint').read() == saved
     ckpt = load_checkpoint_file(saved)

@@ -10,9 +10,15 @@ trained; ``RandomStateHook`` restores the RNG state at the first resumed iterati
 with ``SeededDataset`` the resumed run continues bitwise as the uninterrupted one.
 
 A signal that arrives at the last iteration of an epoch is served after the epoch's hooks
-(the epoch checkpoint). A second signal stops at once, without a checkpoint. In distributed
-runs the ranks agree on the stop with one small all-reduce per iteration.
+(the epoch checkpoint). A second signal, or a signal after training ended with an exception
+(which skips ``after_train``), goes to the previous handler: Ctrl-C raises
+``KeyboardInterrupt``, SIGTERM terminates. Data-loader workers ignore the signals (the trainer stops
+them). In distributed runs the ranks
+agree on the stop with one small all-reduce per iteration.
 """
+import atexit
+import gc
+import os
 import os.path as osp
 import signal
 import threading
@@ -21,16 +27,56 @@ from typing import Optional
 import torch
 from mmengine import dist
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.runner import EpochBasedTrainLoop
+from mmengine.runner import BaseLoop, EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
 from ..atomic_file_backend import atomic_write_bytes
 
 MID_EPOCH_KEY = 'batches_done_in_epoch'
+_ATEXIT_REGISTERED = False
 
 
 class TrainingInterrupted(SystemExit):
     """Raised after the interruption checkpoint is written (exit status 128 + signal)."""
+
+
+class _WorkersIgnoreSignals:
+    """A data loader's ``worker_init_fn`` that first makes the worker ignore the signals: a
+    terminal's Ctrl-C and slurm's scancel signal the whole process group, and torch's workers
+    die on SIGTERM (a C handler), which would kill the run before the iteration boundary.
+    The trainer shuts its workers down itself."""
+
+    def __init__(self, init_fn, signals):
+        self.init_fn, self.signals = init_fn, list(signals)
+
+    def __call__(self, worker_id: int) -> None:
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
+        if self.init_fn is not None:
+            self.init_fn(worker_id)
+
+
+def stop_loader_workers() -> None:
+    """Stop this process's data-loader workers: torch's own shutdown (sentinel, join with a
+    timeout), then SIGKILL for any still alive. Registered with ``atexit`` (runs before
+    multiprocessing's exit handler, which would SIGTERM and join them forever: they ignore
+    SIGTERM, see ``_WorkersIgnoreSignals``)."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+    for obj in gc.get_objects():  # a running iterator is only referenced by the loop
+        if type(obj) is _MultiProcessingDataLoaderIter:  # (isinstance warns on some objects)
+            obj._shutdown_workers()
+            for worker in getattr(obj, '_workers', []):
+                if worker.is_alive():
+                    os.kill(worker.pid, signal.SIGKILL)
+
+
+def _inside_train_loop(frame) -> bool:
+    """Whether the interrupted code runs inside an mmengine train loop's ``run``."""
+    while frame is not None:
+        if frame.f_code.co_name == 'run' and isinstance(frame.f_locals.get('self'), BaseLoop):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @HOOKS.register_module()
@@ -45,10 +91,15 @@ class StopOnSignalHook(Hook):
         self._previous = {}
         self._epoch_start_iter = 0
         self._resumed_batches = 0
+        self._owner_pid = None
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum, frame) -> None:
-        if self._received is not None:  # second signal: stop now, no checkpoint
+        if os.getpid() != self._owner_pid:
+            return  # a forked data-loader worker: the trainer stops it
+        if self._received is not None or not _inside_train_loop(frame):
+            # a second signal, or training already ended without after_train (an exception):
+            # hand the signal to the previous handler (Ctrl-C: KeyboardInterrupt)
             self._restore_handlers()
             signal.raise_signal(signum)
             return
@@ -60,14 +111,21 @@ class StopOnSignalHook(Hook):
         self._previous = {}
 
     def before_train(self, runner) -> None:
-        # installed before the data-loader workers fork, so they inherit this handler and
-        # keep serving batches instead of dying on the terminal's / scheduler's signal
         if threading.current_thread() is not threading.main_thread():
             runner.logger.warning('StopOnSignalHook: not in the main thread, signals are not '
                                   'handled')
             return
+        self._owner_pid = os.getpid()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        loader = runner.train_dataloader
+        if getattr(loader, 'num_workers', 0) and not isinstance(loader.worker_init_fn,
+                                                                _WorkersIgnoreSignals):
+            loader.worker_init_fn = _WorkersIgnoreSignals(loader.worker_init_fn, self.signals)
+            global _ATEXIT_REGISTERED
+            if not _ATEXIT_REGISTERED:
+                atexit.register(stop_loader_workers)
+                _ATEXIT_REGISTERED = True
 
     def after_train(self, runner) -> None:
         self._restore_handlers()
@@ -142,6 +200,7 @@ class StopOnSignalHook(Hook):
 
     def _exit(self, runner, signum: int, path: str, iters_done: int) -> None:
         self._restore_handlers()
+        stop_loader_workers()
         runner.logger.warning(
             f'{signal.Signals(signum).name} received: stopped after iteration {iters_done} '
             f'and saved {path}; continue with tools/train.py CONFIG --resume')
