@@ -11,6 +11,8 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     # epoch/iteration/run length -> the model's schedules (teacher temperature, EMA, masks)
     train_progress=dict(type='TrainProgressHook'),
+    # a default hook (not a custom one) so configs that restate custom_hooks keep it
+    divergence=dict(type='DivergenceGuardHook'),
 )
 # RNG states go into checkpoints so that --resume continues exactly
 custom_hooks = [dict(type='RandomStateHook')]

@@ -50,3 +50,22 @@ def tiny_dino_cfg(work_dir, *, backbone='vit', epochs=None, num_train=32, batch=
     cfg.default_hooks.logger.interval = 1
     cfg.work_dir = str(work_dir)
     return cfg
+
+
+def tiny_method_cfg(method, work_dir, *, num_train=32, batch=16):
+    """``configs/<method>/demo_fashion-mnist.py`` on 32 scikit-learn digits at 28 px with a
+    48-d 2-layer ViT (patch 7) and no k-NN probe: 2 iterations per epoch, 3 epochs."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', method, 'demo_fashion-mnist.py'))
+    cfg.model.backbone.arch = dict(embed_dims=48, num_layers=2, num_heads=3,
+                                   feedforward_channels=96)
+    cfg.model.head.in_channels = 48
+    cfg.train_dataloader.update(batch_size=batch, num_workers=0, persistent_workers=False)
+    inner = cfg.train_dataloader.dataset.dataset
+    cfg.train_dataloader.dataset.dataset = dict(
+        type='SklearnDigits', split='train', image_size=28, num_train=num_train,
+        pipeline=inner.pipeline)
+    cfg.custom_hooks = [h for h in cfg.custom_hooks if h.type != 'KNNHook']
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    cfg.default_hooks.logger.interval = 1
+    cfg.work_dir = str(work_dir)
+    return cfg
