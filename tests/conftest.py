@@ -7,6 +7,8 @@ import torch
 # machine, and OpenMP spin-waits make 2 threads per process far slower than 1 under that
 # contention (MMSV_TEST_THREADS overrides).
 torch.set_num_threads(int(os.environ.get('MMSV_TEST_THREADS', 1)))
+# tools/train.py and tools/demo.py called in-process (and subprocesses) keep that count
+os.environ.setdefault('OMP_NUM_THREADS', str(torch.get_num_threads()))
 
 import mmselfsup_vmf  # noqa: E402,F401  (applies shims, registers modules)
 

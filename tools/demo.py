@@ -17,6 +17,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 import mmselfsup_vmf  # noqa: E402,F401
 from mmselfsup_vmf.engine.hooks.knn_hook import KNNHook  # noqa: E402
+from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
 METHODS = ('simdino', 'dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdinov2')
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -29,9 +30,10 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', help='default: work_dirs/demo_<method>')
     p.add_argument('--min-gain', type=float, default=1.0,
                    help='required k-NN top-1 gain over random init, in points (default 1.0)')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch threads for the model (default 1: the data loader worker uses '
-                        'the other core; more threads spin-wait badly on a busy machine)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch threads for the model (default: one per core not used by a '
+                        'data-loader worker, i.e. 1 on a 2-core machine with the demo\'s '
+                        'worker; more threads spin-wait badly on a busy machine)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, key=value')
     return p.parse_args(argv)
@@ -43,11 +45,11 @@ def main(argv=None) -> int:
     if not osp.isfile(config):
         print(f'error: demo config {config} does not exist', file=sys.stderr)
         return 2
-    import torch
-    torch.set_num_threads(max(1, args.threads))
     cfg = Config.fromfile(config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    print(set_torch_threads(args.threads, cfg.train_dataloader.get('num_workers', 0))[1],
+          flush=True)
     name = osp.basename(osp.dirname(config))
     cfg.work_dir = args.work_dir or osp.join('work_dirs', f'demo_{name}')
     start = time.time()

@@ -9,6 +9,7 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mmselfsup_vmf  # noqa: E402,F401  (shims + registration even without custom_imports)
+from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,6 +27,9 @@ def parse_args(argv=None):
                         help='override settings in the config, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads (default: on a CPU-only machine, one per core '
+                             'not used by a data-loader worker; under CUDA, torch\'s default)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -66,6 +70,8 @@ def main(argv=None):
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config file {args.config} does not exist')
     cfg = merge_args(Config.fromfile(args.config), args)
+    workers = cfg.get('train_dataloader', {}).get('num_workers', 0)
+    print(set_torch_threads(args.threads, workers)[1], flush=True)
     runner = Runner.from_cfg(cfg)
     add_checkpoint_check(runner)
     runner.train()
@@ -74,10 +80,13 @@ def main(argv=None):
 
 def add_checkpoint_check(runner: Runner) -> None:
     """Resuming a checkpoint of another model must fail with one clear line (mmengine only
-    warns about missing/unexpected keys), so every run gets ``CheckpointMatchHook``."""
-    from mmselfsup_vmf.engine.hooks import CheckpointMatchHook
-    if not any(isinstance(h, CheckpointMatchHook) for h in runner.hooks):
-        runner.register_hook(CheckpointMatchHook())
+    warns about missing/unexpected keys), and a diverging run must stop before it saves
+    non-finite weights, so every run gets ``CheckpointMatchHook`` and ``DivergenceGuardHook``
+    (configs not built on configs/_base_/default_runtime.py lack the latter)."""
+    from mmselfsup_vmf.engine.hooks import CheckpointMatchHook, DivergenceGuardHook
+    for hook_type in (CheckpointMatchHook, DivergenceGuardHook):
+        if not any(isinstance(h, hook_type) for h in runner.hooks):
+            runner.register_hook(hook_type())
 
 
 if __name__ == '__main__':
