@@ -33,6 +33,7 @@ train_dataloader = dict(batch_size=64, collate_fn=dict(_delete_=True, type='defa
 max_epochs = 100
 optim_wrapper = dict(
     type='OptimWrapper',
+    constructor='DistillOptimWrapperConstructor',  # one log line for the frozen teacher
     optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04),
     clip_grad=dict(max_norm=3.0),
     paramwise_cfg=dict(bias_decay_mult=0.0, norm_decay_mult=0.0, flat_decay_mult=0.0))

@@ -5,6 +5,7 @@ max_epochs = 100
 warmup_epochs = 10
 optim_wrapper = dict(
     type='DistillOptimWrapper',
+    constructor='DistillOptimWrapperConstructor',  # one log line for the frozen teacher
     optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.999), weight_decay=0.04),
     clip_grad=dict(type='per_tensor', max_norm=3.0),
     paramwise_cfg=dict(bias_decay_mult=0.0, norm_decay_mult=0.0, flat_decay_mult=0.0))

@@ -12,6 +12,8 @@ from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructo
 from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
+from .frozen_params import FrozenParamsSummaryMixin
+
 
 def longest_matching_key(name: str, keys) -> Optional[str]:
     """The longest key contained in ``name`` (alphabetical among equals), as mmengine."""
@@ -22,7 +24,8 @@ def longest_matching_key(name: str, keys) -> Optional[str]:
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class LayerDecayOptimWrapperConstructor(LearningRateDecayOptimWrapperConstructor):
+class LayerDecayOptimWrapperConstructor(FrozenParamsSummaryMixin,
+                                        LearningRateDecayOptimWrapperConstructor):
     """``LearningRateDecayOptimWrapperConstructor`` + ``lr_mult`` in ``custom_keys``.
 
     lr of a parameter = ``base_lr * layer_decay_rate ** (max_depth - depth - 1) * lr_mult``,

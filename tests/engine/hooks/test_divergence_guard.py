@@ -6,7 +6,6 @@ files on disk."""
 import glob
 import os.path as osp
 import re
-import sys
 
 import pytest
 import torch
@@ -16,12 +15,11 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))), 'integration'))
-from testing_utils import load_tool  # noqa: E402
-from tiny_dino_cfg import ROOT, tiny_dino_cfg, tiny_method_cfg  # noqa: E402
+from integration.tiny_dino_cfg import ROOT, tiny_dino_cfg, tiny_method_cfg
+from testing_utils import load_tool
 
-from mmselfsup_vmf.engine.hooks import DivergenceGuardHook  # noqa: E402
-from mmselfsup_vmf.engine.hooks.divergence_guard import nonfinite_tensors  # noqa: E402
+from mmselfsup_vmf.engine.hooks import DivergenceGuardHook
+from mmselfsup_vmf.engine.hooks.divergence_guard import nonfinite_tensors
 
 DIVERGED = re.compile(r'^training diverged at iteration (\d+): non-finite (loss_\w+=(nan|inf))')
 
