@@ -8,6 +8,8 @@ from mmpretrain.registry import MODELS
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from ...arg_checks import check_int
+
 
 def _prototype_layer(dim: int, num_prototypes: int, norm_last_layer: bool) -> nn.Linear:
     """Weight-normalised linear layer w_k = g_k v_k / ||v_k|| without bias; g starts at 1.
@@ -35,6 +37,8 @@ class DINOHead(BaseModule):
     patch tokens share ``last_layer``).
     """
 
+    config_key = 'model.head'  # named in argument errors
+
     def __init__(self,
                  in_channels: int,
                  hidden_channels: int = 2048,
@@ -46,8 +50,13 @@ class DINOHead(BaseModule):
                  use_bn: bool = False,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        if num_layers < 1:
-            raise ValueError(f'DINOHead num_layers must be >= 1, got {num_layers}')
+        for name, value in (('in_channels', in_channels), ('hidden_channels', hidden_channels),
+                            ('bottleneck_channels', bottleneck_channels),
+                            ('num_layers', num_layers)):
+            check_int(f'{self.config_key}.{name}', value)
+        for name, value in (('num_prototypes', num_prototypes),
+                            ('num_patch_prototypes', num_patch_prototypes)):
+            check_int(f'{self.config_key}.{name}', value, allow_none=True)
         dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [bottleneck_channels]
         layers = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):

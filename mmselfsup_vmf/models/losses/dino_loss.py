@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 
+from ...arg_checks import check_fraction, check_int, check_positive
 from .centering import LogitCenter, ProbabilityCenter
 from .numerics import at_least_float32, autocast_off, prototype_usage_stats
+from .vmf import _APPROXIMATIONS as VMF_APPROXIMATIONS
 from .vmf import vmf_log_normalizer
 
 CENTERINGS = ('logit', 'probability', 'none')
@@ -89,6 +91,8 @@ class PrototypeDistillation(BaseModule):
         approximation: ``'exact'`` (default) or ``'debye'`` (the paper's leading term).
     """
 
+    config_key = 'model.loss'  # named in argument errors
+
     def __init__(self,
                  num_prototypes: int,
                  student_temp: float = 0.1,
@@ -99,10 +103,16 @@ class PrototypeDistillation(BaseModule):
                  approximation: str = 'exact',
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
+        key = self.config_key
         if centering not in CENTERINGS:
-            raise ValueError(f'centering must be one of {CENTERINGS}, got {centering!r}')
-        if num_prototypes < 1:
-            raise ValueError(f'num_prototypes must be >= 1, got {num_prototypes}')
+            raise ValueError(f'{key}.centering must be one of {CENTERINGS}, got {centering!r}')
+        if approximation not in VMF_APPROXIMATIONS:
+            raise ValueError(f'{key}.approximation must be one of {VMF_APPROXIMATIONS}, got '
+                             f'{approximation!r}')
+        check_int(f'{key}.num_prototypes', num_prototypes)
+        check_int(f'{key}.dim', dim, minimum=2 if vmf else 1)
+        check_positive(f'{key}.student_temp', student_temp)
+        check_fraction(f'{key}.center_momentum', center_momentum)
         self.num_prototypes, self.student_temp = num_prototypes, student_temp
         self.centering, self.vmf, self.dim = centering, vmf, dim
         self.approximation = approximation

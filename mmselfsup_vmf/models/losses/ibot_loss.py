@@ -58,6 +58,8 @@ class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spe
     Constructor arguments are ``PrototypeDistillation``'s (``num_prototypes`` is the patch K).
     """
 
+    config_key = 'model.patch_loss'  # named in argument errors
+
     def forward(self, student_scores: Sequence[torch.Tensor],
                 teacher_scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
                 teacher_temp: float, student_norms: Optional[torch.Tensor] = None,

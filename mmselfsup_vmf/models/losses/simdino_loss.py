@@ -148,14 +148,16 @@ class SimDINOLoss(nn.Module):
         if not isinstance(expa_type, str) and expa_type in _OFFICIAL_EXPA_TYPES:
             expa_type = _OFFICIAL_EXPA_TYPES[expa_type]
         if expa_type not in EXPA_TYPES:
-            raise ValueError(f'SimDINOLoss: expa_type must be one of {EXPA_TYPES} '
+            raise ValueError(f'model.loss.expa_type (SimDINOLoss) must be one of {EXPA_TYPES} '
                              f'(or the official 1/0), got {expa_type!r}')
         if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f'SimDINOLoss: eps (= ε²) must be > 0, got {eps!r}')
+            raise ValueError(f'model.loss.eps (SimDINOLoss, = ε²) must be > 0, got {eps!r}')
         if gamma is not None and not (isinstance(gamma, (int, float)) and gamma >= 0):
-            raise ValueError(f'SimDINOLoss: gamma must be None or a float >= 0, got {gamma!r}')
+            raise ValueError(f'model.loss.gamma (SimDINOLoss) must be None or a float >= 0, '
+                             f'got {gamma!r}')
         if int(num_global) != num_global or num_global < 1:
-            raise ValueError(f'SimDINOLoss: num_global must be >= 1, got {num_global!r}')
+            raise ValueError(f'model.loss.num_global (SimDINOLoss) must be >= 1, '
+                             f'got {num_global!r}')
         self.eps = float(eps)
         self.coeff = float(coeff)
         self.expa_type = expa_type
