@@ -13,6 +13,7 @@ default_hooks = dict(
     train_progress=dict(type='TrainProgressHook'),
     # a default hook (not a custom one) so configs that restate custom_hooks keep it
     divergence=dict(type='DivergenceGuardHook'),
+    unreadable_samples=dict(type='UnreadableSampleHook'),  # SeededDataset(skip_bad_samples)
 )
 # RNG states go into checkpoints so that --resume continues exactly
 custom_hooks = [dict(type='RandomStateHook')]

@@ -44,5 +44,6 @@ param_scheduler = [
          begin=10, end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=3), divergence=dict(type='DivergenceGuardHook'))
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=3), divergence=dict(type='DivergenceGuardHook'),
+                     unreadable_samples=dict(type='UnreadableSampleHook'))
 auto_scale_lr = dict(base_batch_size=256)

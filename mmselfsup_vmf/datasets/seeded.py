@@ -29,12 +29,44 @@ class EpochIndexSampler(DefaultSampler):
             yield (int(index), self.epoch, self.seed)
 
 
+# what image loaders raise for a missing, truncated or undecodable file (mmcv asserts)
+UNREADABLE = (OSError, AssertionError)
+
+
+def replacement_index(seed: int, epoch: int, index: int, attempt: int, size: int) -> int:
+    """The sample read instead of an unreadable ``index``: another index, a function of
+    (seed, epoch, index, attempt) only, so a resumed run reads the same replacement."""
+    if size < 2:
+        raise ValueError('cannot replace an unreadable sample in a dataset of one sample')
+    offset = 1 + sample_seed(seed, epoch, index * 1009 + attempt) % (size - 1)
+    return (index + offset) % size
+
+
 @DATASETS.register_module()
 class SeededDataset:
-    """Wraps a dataset; ``ds[(index, epoch, seed)]`` is reproducible, ``ds[index]`` passes through."""
+    """Wraps a dataset; ``ds[(index, epoch, seed)]`` is reproducible, ``ds[index]`` passes through.
 
-    def __init__(self, dataset):
+    Args:
+        dataset: the wrapped dataset (or its config).
+        skip_bad_samples: replace a sample whose file cannot be read (``OSError`` or
+            mmcv's failed-load assertion) by another one (:func:`replacement_index`, drawn
+            with the same augmentation seed) and mark it in its data sample's metainfo
+            (``unreadable_sample``) for ``UnreadableSampleHook`` to count and log. Default
+            False: an unreadable file stops training with an error naming it.
+        max_bad_fraction: with ``skip_bad_samples``, ``UnreadableSampleHook`` stops training
+            once more than this fraction of the dataset's samples was unreadable.
+        max_attempts: replacements tried for one sample before giving up.
+    """
+
+    def __init__(self, dataset, skip_bad_samples: bool = False, max_bad_fraction: float = 0.01,
+                 max_attempts: int = 10):
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError('train_dataloader.dataset.max_bad_fraction must be in [0, 1], '
+                             f'got {max_bad_fraction!r}')
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        self.skip_bad_samples = skip_bad_samples
+        self.max_bad_fraction = max_bad_fraction
+        self.max_attempts = max_attempts
 
     @property
     def metainfo(self):
@@ -56,10 +88,45 @@ class SeededDataset:
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                random.seed(s)
-                np.random.seed(s)
-                torch.manual_seed(s)
-                return self.dataset[index]
+                return self._read(index, epoch, seed, s)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+    def _read(self, index: int, epoch: int, seed: int, s: int):
+        """The pipeline output of ``index`` under seed ``s``, or of its replacement."""
+        first_error, tried = None, index
+        for attempt in range(self.max_attempts + 1):
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)
+            try:
+                sample = self.dataset[tried]
+            except UNREADABLE as exc:
+                if not self.skip_bad_samples:
+                    raise OSError(f'cannot read sample {index}: {exc} (set '
+                                  'train_dataloader.dataset.skip_bad_samples=True to replace '
+                                  'unreadable samples)') from exc
+                first_error = first_error or (self.file_of(index), str(exc))
+                tried = replacement_index(seed, epoch, index, attempt, len(self))
+                continue
+            if tried != index:
+                self.mark_replaced(sample, index, first_error)
+            return sample
+        raise OSError(f'cannot read sample {index} nor {self.max_attempts} replacements '
+                      f'(first: {first_error[1]})')
+
+    def file_of(self, index: int) -> str:
+        """The file path of sample ``index`` if the wrapped dataset says it, else 'sample N'."""
+        try:
+            info = self.dataset.get_data_info(index)
+        except Exception:  # not an mmengine BaseDataset
+            return f'sample {index}'
+        return str(info.get('img_path', f'sample {index}'))
+
+    @staticmethod
+    def mark_replaced(sample, index: int, error: Tuple[str, str]) -> None:
+        data_sample = sample.get('data_samples') if isinstance(sample, dict) else None
+        if data_sample is not None and hasattr(data_sample, 'set_metainfo'):
+            data_sample.set_metainfo(dict(unreadable_sample=error[0], unreadable_error=error[1],
+                                          unreadable_index=index))

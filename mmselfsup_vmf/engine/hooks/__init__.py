@@ -5,3 +5,4 @@ from .prototype_monitor import PrototypeMonitorHook  # noqa: F401
 from .checkpoint_check import CheckpointMatchHook  # noqa: F401
 from .train_progress import TrainProgressHook  # noqa: F401
 from .divergence_guard import DivergenceGuardHook  # noqa: F401
+from .unreadable_samples import UnreadableSampleHook  # noqa: F401

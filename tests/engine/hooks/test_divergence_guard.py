@@ -243,5 +243,7 @@ def test_plain_wrapper_stops_at_the_first_nonfinite_loss(tmp_path):
     glob.glob(osp.join(ROOT, 'configs', '*', 'demo_fashion-mnist.py'))
     + glob.glob(osp.join(ROOT, 'configs', '*', 'vit-*.py'))
     + [osp.join(ROOT, 'configs', 'examples', 'mmpretrain_mix_simdino.py')]))
-def test_every_pretraining_config_has_the_guard(config):
-    assert Config.fromfile(config).default_hooks.divergence.type == 'DivergenceGuardHook'
+def test_every_pretraining_config_has_the_guard_hooks(config):
+    hooks = Config.fromfile(config).default_hooks
+    assert hooks.divergence.type == 'DivergenceGuardHook'
+    assert hooks.unreadable_samples.type == 'UnreadableSampleHook'
