@@ -138,3 +138,66 @@ def test_mismatch_helper_revises_module_prefix():
     missing, unexpected, wrong = state_dict_mismatch(model, ckpt)
     assert missing == ['b'] and unexpected == ['c']
     assert wrong == [('a.w', (3, 2), (2, 3))]
+
+
+# ----------------------------------------------------------------------------- head / loss
+def test_negative_prototypes_through_tools_train(tmp_path):
+    """The issue's repro: ``--cfg-options model.head.num_prototypes=-1``."""
+    path = dump(tiny_dino_cfg(tmp_path / 'w', epochs=1), tmp_path / 'cfg.py')
+    with pytest.raises(ValueError) as excinfo:
+        load_train_tool().main([path, '--cfg-options', 'model.head.num_prototypes=-1'])
+    assert one_line(excinfo) == ('model.head.num_prototypes must be an integer >= 1 or None, '
+                                 'got -1')
+
+
+@pytest.mark.parametrize('method, key, value, message', [
+    ('dino', 'head.bottleneck_channels', 0,
+     'model.head.bottleneck_channels must be an integer >= 1, got 0'),
+    ('dino', 'head.hidden_channels', -5, 'model.head.hidden_channels must be an integer >= 1, '
+     'got -5'),
+    ('dino', 'head.num_layers', 0, 'model.head.num_layers must be an integer >= 1, got 0'),
+    ('dino', 'head.in_channels', 64.5, 'model.head.in_channels must be an integer >= 1, '
+     'got 64.5'),
+    ('dino', 'loss.num_prototypes', 0, 'model.loss.num_prototypes must be an integer >= 1, '
+     'got 0'),
+    ('dino', 'loss.student_temp', 0.0, 'model.loss.student_temp must be a finite number > 0, '
+     'got 0.0'),
+    ('dino', 'loss.center_momentum', 1.5, 'model.loss.center_momentum must be a number in '
+     '[0, 1], got 1.5'),
+    ('dino', 'loss.centering', 'mean', "model.loss.centering must be one of ('logit', "
+     "'probability', 'none'), got 'mean'"),
+    ('dino_vmf', 'loss.dim', 1, 'model.loss.dim must be an integer >= 2, got 1'),
+    ('dino_vmf', 'loss.approximation', 'taylor', "model.loss.approximation must be one of "
+     "('exact', 'debye'), got 'taylor'"),
+    ('ibot', 'patch_loss.num_prototypes', -3, 'model.patch_loss.num_prototypes must be an '
+     'integer >= 1, got -3'),
+    ('simdino', 'loss.eps', 0.0, 'model.loss.eps (SimDINOLoss, = ε²) must be > 0, got 0.0'),
+])
+def test_head_and_loss_arguments_name_the_config_key(method, key, value, message):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', method, 'demo_fashion-mnist.py'))
+    cfg.merge_from_dict({f'model.{key}': value})
+    with pytest.raises(ValueError) as excinfo:
+        MODELS.build(cfg.model)
+    assert one_line(excinfo) == message
+
+
+# ----------------------------------------------------------------------------- tools / hooks
+def test_train_tool_with_a_missing_config(tmp_path):
+    with pytest.raises(SystemExit) as excinfo:
+        load_train_tool().main([str(tmp_path / 'nope.py')])
+    assert str(excinfo.value) == f'error: config file {tmp_path / "nope.py"} does not exist'
+
+
+@pytest.mark.parametrize('cfg, message', [
+    (dict(type='DivergenceGuardHook', check_interval=0),
+     'DivergenceGuardHook: check_interval must be an integer >= 1, got 0'),
+    (dict(type='SeededDataset', max_bad_fraction=2.0, dataset=dict(
+        type='SklearnDigits', num_train=8)),
+     'train_dataloader.dataset.max_bad_fraction must be in [0, 1], got 2.0'),
+])
+def test_guard_settings_out_of_range(cfg, message):
+    from mmpretrain.registry import HOOKS
+    registry = HOOKS if cfg['type'].endswith('Hook') else DATASETS
+    with pytest.raises(ValueError) as excinfo:
+        registry.build(cfg)
+    assert one_line(excinfo) == message
