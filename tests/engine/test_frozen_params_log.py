@@ -30,6 +30,16 @@ def test_one_line_for_the_frozen_teacher(tmp_path, method):
                       f'optimised (teacher: {teacher})']
 
 
+def test_one_line_for_the_decay_free_parameters(tmp_path):
+    """bias_decay_mult = norm_decay_mult = flat_decay_mult = 0: every trainable 1-D tensor."""
+    model, _, messages = build_with_messages(tiny_dino_cfg(tmp_path))
+    flat = [n for n, p in model.named_parameters() if p.requires_grad and p.ndim == 1]
+    assert not [m for m in messages if m.startswith('paramwise_options')]
+    lines = [m for m in messages if 'weight_decay=0.0 on' in m]
+    assert lines == [f'optimiser: weight_decay=0.0 on {len(flat)} parameters ({flat[0]}, '
+                     f'{flat[1]}, {flat[2]} and {len(flat) - 3} more)']
+
+
 def test_same_groups_as_mmengines_constructor(tmp_path):
     cfg = tiny_dino_cfg(tmp_path)
     model, wrapper, _ = build_with_messages(cfg)

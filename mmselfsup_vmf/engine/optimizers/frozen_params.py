@@ -1,9 +1,10 @@
-"""One log line for the parameters an optimiser constructor leaves out (requires_grad=False).
+"""One log line each for the frozen parameters and the per-parameter options of an optimiser.
 
-mmengine's ``DefaultOptimWrapperConstructor.add_params`` warns once per frozen parameter;
-the EMA teacher of a self-distillation model has one per student parameter (about 60 lines
-before the first iteration). ``FrozenParamsSummaryMixin`` drops those warnings and logs one
-line with the count per top-level module instead.
+mmengine's ``DefaultOptimWrapperConstructor.add_params`` warns once per frozen parameter
+(the EMA teacher of a self-distillation model has one per student parameter) and logs one
+``paramwise_options -- name:weight_decay=0.0`` line per bias / norm parameter: about 100
+lines before the first iteration. ``FrozenParamsSummaryMixin`` drops those and logs one line
+for each instead.
 """
 import logging
 from collections import Counter
@@ -14,27 +15,48 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
+from ..hooks.divergence_guard import first_names
+
 SKIPPED_WARNING = 'is skipped since its requires_grad=False'
+PARAMWISE_PREFIX = 'paramwise_options -- '
 
 
 class _DropMessages(logging.Filter):
-    def __init__(self, text: str):
+    def __init__(self, texts):
         super().__init__()
-        self.text = text
+        self.texts = texts
+        self.dropped = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
+        message = record.getMessage()
+        if any(text in message for text in self.texts):
+            self.dropped.append(message)
+            return False
+        return True
 
 
 @contextmanager
-def dropped_messages(logger: logging.Logger, text: str):
-    """Within the block, ``logger`` drops records whose message contains ``text``."""
-    drop = _DropMessages(text)
+def dropped_messages(logger: logging.Logger, *texts: str):
+    """Within the block, ``logger`` drops records containing one of ``texts``; yields the
+    list of dropped messages."""
+    drop = _DropMessages(texts)
     logger.addFilter(drop)
     try:
-        yield
+        yield drop.dropped
     finally:
         logger.removeFilter(drop)
+
+
+def paramwise_summary(messages) -> str:
+    """'weight_decay=0.0 on 39 parameters (a, b, c and 36 more)' from mmengine's
+    ``paramwise_options -- <name>:<option>=<value>`` lines, one clause per setting."""
+    by_setting = {}
+    for message in messages:
+        if message.startswith(PARAMWISE_PREFIX):
+            name, _, setting = message[len(PARAMWISE_PREFIX):].rpartition(':')
+            by_setting.setdefault(setting, []).append(name)
+    return '; '.join(f'{setting} on {len(names)} parameters ({first_names(names)})'
+                     for setting, names in by_setting.items())
 
 
 def frozen_params_summary(module: nn.Module) -> str:
@@ -54,11 +76,12 @@ class FrozenParamsSummaryMixin:
     def add_params(self, params, module: nn.Module, prefix: str = '', **kwargs) -> None:
         if prefix:
             return super().add_params(params, module, prefix=prefix, **kwargs)
-        with dropped_messages(MMLogger.get_current_instance(), SKIPPED_WARNING):
+        with dropped_messages(MMLogger.get_current_instance(), SKIPPED_WARNING,
+                              PARAMWISE_PREFIX) as dropped:
             super().add_params(params, module, prefix=prefix, **kwargs)
-        summary = frozen_params_summary(module)
-        if summary:
-            print_log(f'optimiser: {summary}', logger='current')
+        for summary in (frozen_params_summary(module), paramwise_summary(dropped)):
+            if summary:
+                print_log(f'optimiser: {summary}', logger='current')
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
