@@ -9,14 +9,13 @@ import re
 
 import pytest
 import torch
+from integration.tiny_dino_cfg import ROOT, tiny_dino_cfg, tiny_method_cfg
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from integration.tiny_dino_cfg import ROOT, tiny_dino_cfg, tiny_method_cfg
 from testing_utils import load_tool
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmselfsup_vmf.engine.hooks import DivergenceGuardHook
 from mmselfsup_vmf.engine.hooks.divergence_guard import nonfinite_tensors
@@ -231,7 +230,8 @@ def test_plain_wrapper_stops_at_the_first_nonfinite_loss(tmp_path):
                                                      batch_size=None),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         train_cfg=dict(by_epoch=True, max_epochs=1),
-        default_hooks=dict(checkpoint=None, sampler_seed=None, divergence=dict(type='DivergenceGuardHook')),
+        default_hooks=dict(checkpoint=None, sampler_seed=None,
+                           divergence=dict(type='DivergenceGuardHook')),
         default_scope='mmpretrain')
     with pytest.raises(FloatingPointError, match=r'^training diverged at iteration 3: '
                        r'non-finite loss=inf; non-finite gradient of 1 parameters \(w\)'):
