@@ -4,11 +4,10 @@ sample, counted across data-loader workers, logged once, fatal past ``max_bad_fr
 import numpy as np
 import pytest
 import torch
+from integration.tiny_dino_cfg import tiny_dino_cfg
 from mmengine.runner import Runner
 from mmpretrain.registry import DATASETS
 from PIL import Image
-
-from integration.tiny_dino_cfg import tiny_dino_cfg
 from testing_utils import mmengine_messages
 
 from mmselfsup_vmf.datasets.seeded import replacement_index

@@ -4,11 +4,10 @@ import glob
 import os.path as osp
 
 import pytest
+from integration.tiny_dino_cfg import tiny_dino_cfg, tiny_method_cfg
 from mmengine.config import Config
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner import Runner
-
-from integration.tiny_dino_cfg import tiny_dino_cfg, tiny_method_cfg
 from testing_utils import ROOT, mmengine_messages
 
 

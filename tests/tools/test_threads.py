@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from testing_utils import load_tool
 
 from mmselfsup_vmf.engine.threads import available_cores, cpu_thread_count, set_torch_threads
-from testing_utils import load_tool
 
 
 @pytest.fixture

@@ -95,6 +95,7 @@ class DivergenceGuardHook(Hook):
             self._param_names.setdefault(p, name)
         self._params = [p for _, opt in self._optimizers(runner)
                         for g in opt.param_groups for p in g['params']]
+        self.after_train(runner)  # a run that raised left its pre-hooks registered
         self._handles = [opt.register_step_pre_hook(self._record_grads)
                          for _, opt in self._optimizers(runner)]
         if self.check_interval is None:

@@ -227,7 +227,8 @@ def test_plain_wrapper_stops_at_the_first_nonfinite_loss(tmp_path):
                                                      batch_size=None),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         train_cfg=dict(by_epoch=True, max_epochs=1),
-        default_hooks=dict(checkpoint=None, sampler_seed=None, divergence=dict(type='DivergenceGuardHook')),
+        default_hooks=dict(checkpoint=None, sampler_seed=None,
+                           divergence=dict(type='DivergenceGuardHook')),
         default_scope='mmpretrain')
     with pytest.raises(FloatingPointError, match=r'^training diverged at iteration 3: '
                        r'non-finite loss=inf; non-finite gradient of 1 parameters \(w\)'):
