@@ -37,3 +37,15 @@ def _mmpretrain_scope():
     from mmengine.registry import init_default_scope
     init_default_scope('mmpretrain')
     yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Data-loader workers that outlived their test (persistent workers of runners the tests
+    keep, which ignore SIGTERM during training: StopOnSignalHook) would keep multiprocessing's
+    exit handler waiting; kill them when the session ends."""
+    import multiprocessing
+    import signal
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(timeout=5)

@@ -18,6 +18,8 @@ agree on the stop with one small all-reduce per iteration.
 """
 import atexit
 import gc
+import multiprocessing
+import multiprocessing.util  # noqa: F401  (registers its exit handler before ours)
 import os
 import os.path as osp
 import signal
@@ -33,7 +35,6 @@ from mmpretrain.registry import HOOKS
 from ..atomic_file_backend import atomic_write_bytes
 
 MID_EPOCH_KEY = 'batches_done_in_epoch'
-_ATEXIT_REGISTERED = False
 
 
 class TrainingInterrupted(SystemExit):
@@ -68,6 +69,16 @@ def stop_loader_workers() -> None:
             for worker in getattr(obj, '_workers', []):
                 if worker.is_alive():
                     os.kill(worker.pid, signal.SIGKILL)
+    # workers whose iterator is already gone (torch's terminate() was ignored): without this,
+    # multiprocessing's exit handler would join them forever. It would terminate every daemon
+    # child anyway; SIGKILL is that, for children that ignore SIGTERM.
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(timeout=5)
+
+
+atexit.register(stop_loader_workers)
 
 
 def _inside_train_loop(frame) -> bool:
@@ -122,10 +133,6 @@ class StopOnSignalHook(Hook):
         if getattr(loader, 'num_workers', 0) and not isinstance(loader.worker_init_fn,
                                                                 _WorkersIgnoreSignals):
             loader.worker_init_fn = _WorkersIgnoreSignals(loader.worker_init_fn, self.signals)
-            global _ATEXIT_REGISTERED
-            if not _ATEXIT_REGISTERED:
-                atexit.register(stop_loader_workers)
-                _ATEXIT_REGISTERED = True
 
     def after_train(self, runner) -> None:
         self._restore_handlers()
