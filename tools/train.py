@@ -22,6 +22,9 @@ def parse_args(argv=None):
                         help='mixed precision: fp16 with dynamic loss scaling (GPU and CPU)')
     parser.add_argument('--amp-dtype', choices=['float16', 'bfloat16'],
                         help="with --amp: the autocast dtype (default: the config's, else fp16)")
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the backbone and head of student and teacher '
+                             '(model.compile=True)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by total batch / auto_scale_lr.base_batch_size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -52,6 +55,8 @@ def merge_args(cfg: Config, args) -> Config:
         if args.amp_dtype:
             wrapper['dtype'] = args.amp_dtype
         wrapper.setdefault('loss_scale', 'dynamic')
+    if args.compile:
+        cfg.model.compile = cfg.model.get('compile') or True
     if args.auto_scale_lr:
         cfg.setdefault('auto_scale_lr', dict(base_batch_size=256))
         cfg.auto_scale_lr.enable = True

@@ -17,7 +17,7 @@ from mmengine.config import Config
 from mmpretrain.registry import MODELS, OPTIM_WRAPPERS
 from mmpretrain.structures import DataSample
 
-from mmselfsup_vmf.engine.optimizers import AmpDistillOptimWrapper, DistillOptimWrapper
+from mmselfsup_vmf.engine.optimizers import AmpDistillOptimWrapper
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')

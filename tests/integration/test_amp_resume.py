@@ -1,14 +1,11 @@
 """fp16 + dynamic loss scaling on the CPU through mmengine's Runner: the loss scaler's state
 (scale, growth tracker) is saved in the checkpoint and a resumed run continues bit-identically.
-The scaler starts at 2^10 and grows every 2 clean steps, so the saved state is not the initial one."""
+The scaler starts at 2^10 and grows every 2 clean steps, so the saved state is not the initial
+one."""
 import pytest
 import torch
-from mmengine.runner import Runner
+from test_resume_exact import ITERS, _Losses, assert_bitwise_equal, final_state, run
 
-from test_resume_exact import _DisturbRNG, _Losses, assert_bitwise_equal, final_state
-from tiny_dino_cfg import tiny_dino_cfg
-
-EPOCHS, ITERS = 4, 2
 SCALER = dict(init_scale=2.0 ** 10, growth_interval=2)
 
 
@@ -17,28 +14,17 @@ class _Scales(_Losses):
         self.by_iter[runner.iter] = runner.optim_wrapper.loss_scaler.get_scale()
 
 
-def run(work_dir, resume_from=None):
-    cfg = tiny_dino_cfg(work_dir, epochs=EPOCHS, drop_path=0.2)
-    cfg.default_hooks.checkpoint.max_keep_ckpts = -1
+def fp16(cfg):
     cfg.optim_wrapper.update(type='AmpDistillOptimWrapper', dtype='float16', loss_scale=SCALER)
-    if resume_from is not None:
-        cfg.resume, cfg.load_from = True, resume_from
-    runner = Runner.from_cfg(cfg)
-    scales = _Scales()
-    runner.register_hook(scales)
-    if resume_from is not None:
-        runner.register_hook(_DisturbRNG())
-    runner.train()
-    return runner, scales.by_iter
 
 
 @pytest.mark.slow
 def test_fp16_scaler_state_is_saved_and_resumed_exactly(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('checks the CPU fp16 path')
-    straight, scales = run(tmp_path / 'straight')
+    straight, scales = run(tmp_path / 'straight', configure=fp16, recorder=_Scales)
     assert straight.optim_wrapper.cast_dtype == torch.float16
-    # the run did skip steps (scale backed off from 2^16) and then grew again
+    # the run did skip steps (scale backed off from 2^10) and then grew again
     values = [scales[i] for i in sorted(scales)]
     assert min(values) < 2.0 ** 10, values
     assert any(b == 2 * a for a, b in zip(values, values[1:])), values
@@ -47,7 +33,7 @@ def test_fp16_scaler_state_is_saved_and_resumed_exactly(tmp_path):
     assert scaler['scale'] != SCALER['init_scale']  # a lost state would show
     assert scaler['scale'] == scales[2 * ITERS - 1] and scaler['growth_interval'] == 2
 
-    resumed, resumed_scales = run(tmp_path / 'resumed',
+    resumed, resumed_scales = run(tmp_path / 'resumed', configure=fp16, recorder=_Scales,
                                   resume_from=str(tmp_path / 'straight' / 'epoch_2.pth'))
     assert {i: scales[i] for i in resumed_scales} == resumed_scales
     a, b = final_state(straight), final_state(resumed)

@@ -11,11 +11,10 @@ from contextlib import contextmanager
 from typing import Iterable, List, Optional, Tuple
 
 import torch
-from torch import nn
+from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
-from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
-                             is_npu_available)
 from mmpretrain.registry import OPTIM_WRAPPERS
+from torch import nn
 
 from ...models.losses.numerics import HOST_CHECK_DEVICES
 
