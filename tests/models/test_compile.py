@@ -24,13 +24,13 @@ from tiny_dino_cfg import tiny_dino_cfg  # noqa: E402
 
 
 class CountingBackend:
-    """A torch.compile backend that runs dynamo's graph as is and counts the graphs."""
+    """A torch.compile backend that runs dynamo's graph as is and counts the graphs (on the
+    class: the model config, and the backend in it, is deep-copied when the model is built)."""
 
-    def __init__(self):
-        self.graphs = 0
+    graphs = 0
 
     def __call__(self, gm, example_inputs):
-        self.graphs += 1
+        CountingBackend.graphs += 1
         return gm.forward
 
 
@@ -44,9 +44,11 @@ def train(model, cfg, steps=3):
     return losses, recorder.grads
 
 
-def compare_with_eager(method, compile_cfg, rtol):
+def compare_with_eager(method, compile_cfg, rtol, drop_path=0.1, num_layers=None):
     cfg = demo_cfg(method)
-    cfg.model.backbone.drop_path_rate = 0.1  # DropPath's numpy-float rate must not break graphs
+    cfg.model.backbone.drop_path_rate = drop_path  # its numpy-float rate must not break graphs
+    if num_layers is not None:
+        cfg.model.backbone.arch.num_layers = num_layers
     eager = build_model(cfg)
     cfg.model.compile = compile_cfg
     compiled = build_model(cfg)
@@ -66,14 +68,15 @@ def compare_with_eager(method, compile_cfg, rtol):
 @pytest.mark.slow
 @pytest.mark.parametrize('method', ['simdinov2', 'ibot_vmf'])
 def test_compiled_model_matches_eager_in_one_graph_per_part(method):
-    backend = CountingBackend()
+    CountingBackend.graphs = 0
     # fullgraph=True: any graph break (e.g. a data-dependent branch) raises
-    compiled = compare_with_eager(method, dict(backend=backend, fullgraph=True), rtol=1e-5)
+    compiled = compare_with_eager(method, dict(backend=CountingBackend(), fullgraph=True),
+                                  rtol=1e-5)
     for parts in (compiled.teacher.module, compiled._student_modules()):
         assert all(m._compiled_call_impl is not None for m in parts.values())
     # student: backbone on global (masked) and local crops, head on CLS and patches;
     # teacher: backbone and head on the global crops; one graph each
-    assert 4 <= backend.graphs <= 12, backend.graphs
+    assert 4 <= CountingBackend.graphs <= 12, CountingBackend.graphs
 
 
 def test_compile_argument():
@@ -88,7 +91,10 @@ def test_compile_argument():
 def test_inductor_matches_eager():
     if not (shutil.which('g++') or shutil.which('c++') or shutil.which('clang++')):
         pytest.skip('inductor needs a C++ compiler on the CPU; none found')
-    compare_with_eager('simdino', True, rtol=1e-4)  # inductor reorders float sums
+    # inductor reorders float sums (1e-5 after one step, amplified by AdamW's normalised
+    # early updates to ~2e-4 by step 2, hence 1e-3) and draws random numbers with its own
+    # generator, so drop-path masks would differ from eager ones: no drop-path here
+    compare_with_eager('simdino', True, rtol=1e-3, drop_path=0.0, num_layers=2)
 
 
 def run_tiny(work_dir, epochs, compile_cfg, resume_from=None):
