@@ -119,3 +119,14 @@ def test_compiled_run_resumes_exactly_and_checkpoints_load_eagerly(tmp_path):
     # the compiled run's checkpoint resumes without compilation too (same keys)
     eager = run_tiny(tmp_path / 'eager', 3, None, resume_from=ckpt)
     assert eager.iter == 6 and eager.model.compile_args is None
+
+
+def test_train_tool_compile_flag():
+    from testing_utils import load_tool
+    train_tool = load_tool('tools/train.py', 'train_tool_compile')
+    cfg_path = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+                        'configs', 'simdino', 'demo_fashion-mnist.py')
+    for argv, expected in (([], None), (['--compile'], True)):
+        args = train_tool.parse_args([cfg_path, *argv])
+        cfg = train_tool.merge_args(train_tool.Config.fromfile(cfg_path), args)
+        assert cfg.model.get('compile') == expected
