@@ -21,7 +21,12 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from the given checkpoint, or (no value) from the latest one in work-dir')
     parser.add_argument('--amp', action='store_true',
-                        help='mixed precision (fp16 on GPU, bf16 on CPU)')
+                        help='mixed precision: fp16 with dynamic loss scaling (GPU and CPU)')
+    parser.add_argument('--amp-dtype', choices=['float16', 'bfloat16'],
+                        help="with --amp: the autocast dtype (default: the config's, else fp16)")
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the backbone and head of student and teacher '
+                             '(model.compile=True)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by total batch / auto_scale_lr.base_batch_size')
     parser.add_argument('--epochs', type=int,
@@ -57,15 +62,16 @@ def merge_args(cfg: Config, args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        import torch
         wrapper = cfg.optim_wrapper
         if wrapper.get('type') in ('DistillOptimWrapper', 'AmpDistillOptimWrapper'):
             wrapper['type'] = 'AmpDistillOptimWrapper'
         else:
             wrapper['type'] = 'AmpOptimWrapper'
-        if not torch.cuda.is_available():
-            wrapper['dtype'] = 'bfloat16'
+        if args.amp_dtype:
+            wrapper['dtype'] = args.amp_dtype
         wrapper.setdefault('loss_scale', 'dynamic')
+    if args.compile:
+        cfg.model.compile = cfg.model.get('compile') or True
     if args.auto_scale_lr:
         cfg.setdefault('auto_scale_lr', dict(base_batch_size=256))
         cfg.auto_scale_lr.enable = True

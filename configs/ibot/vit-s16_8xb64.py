@@ -28,8 +28,8 @@ model = dict(
 
 max_epochs = 800
 warmup_epochs = 10
-# fp16 as iBOT's --use_fp16 default (on a CPU-only machine use tools/train.py without --amp
-# and optim_wrapper.type=DistillOptimWrapper, or dtype='bfloat16')
+# fp16 with dynamic loss scaling as iBOT's --use_fp16 default (also on a CPU; fp32:
+# optim_wrapper.type=DistillOptimWrapper; bf16: dtype='bfloat16')
 optim_wrapper = dict(type='AmpDistillOptimWrapper', loss_scale='dynamic',
                      optimizer=dict(lr=5e-4),
                      clip_grad=dict(_delete_=True, type='per_tensor', max_norm=3.0))

@@ -40,7 +40,8 @@ train_dataloader = dict(batch_size=64, dataset=dict(dataset=dict(pipeline=train_
 max_epochs = 100
 warmup_epochs = 10
 # fp16 autocast + dynamic loss scaling as the official run; the coding rate is evaluated in
-# fp32 outside autocast. On a CPU-only machine use type='DistillOptimWrapper' (or --amp: bf16).
+# fp32 outside autocast. The same runs on a CPU (torch's CPU autocast and loss scaler);
+# type='DistillOptimWrapper' trains in fp32.
 optim_wrapper = dict(
     type='AmpDistillOptimWrapper', dtype='float16', loss_scale='dynamic',
     optimizer=dict(lr=5e-4),

@@ -66,20 +66,24 @@ def final_state(runner):
                 epoch=runner.epoch)
 
 
-def run(work_dir, resume_from=None, random_state_hook=True):
+def run(work_dir, resume_from=None, random_state_hook=True, configure=None, recorder=_Losses):
+    """Train EPOCHS epochs (or resume); ``configure(cfg)`` edits the config first; returns the
+    runner and what ``recorder`` (a hook class with ``by_iter``) saw."""
     cfg = tiny_dino_cfg(work_dir, epochs=EPOCHS, drop_path=0.2)
     cfg.default_hooks.checkpoint.max_keep_ckpts = -1  # keep epoch_2.pth for the resume
     if not random_state_hook:
         cfg.custom_hooks = [h for h in cfg.custom_hooks if h['type'] != 'RandomStateHook']
+    if configure is not None:
+        configure(cfg)
     if resume_from is not None:
         cfg.resume, cfg.load_from = True, resume_from
     runner = Runner.from_cfg(cfg)
-    losses = _Losses()
-    runner.register_hook(losses)
+    record = recorder()
+    runner.register_hook(record)
     if resume_from is not None:
         runner.register_hook(_DisturbRNG())
     runner.train()
-    return runner, losses.by_iter
+    return runner, record.by_iter
 
 
 @pytest.mark.slow

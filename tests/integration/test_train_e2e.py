@@ -93,7 +93,7 @@ def test_vit_through_tools_train(tmp_path):
     check_run(runner, record, work_dir, epochs=3, iters_per_epoch=2)
     assert runner.cfg.work_dir == work_dir
     # and the tool's main() runs the same config end to end on its own, here with --amp
-    # (bf16 autocast on a CPU, fp32 loss maths)
+    # (fp16 autocast with dynamic loss scaling, also on a CPU; fp32 loss maths)
     main_runner = train_tool.main([cfg_path, '--work-dir', str(tmp_path / 'main'), '--amp',
                                    '--cfg-options', 'train_cfg.max_epochs=1'])
     assert main_runner.iter == 2
@@ -101,7 +101,11 @@ def test_vit_through_tools_train(tmp_path):
     wrapper = main_runner.optim_wrapper
     assert type(wrapper).__name__ == 'AmpDistillOptimWrapper'
     if not torch.cuda.is_available():
-        assert wrapper.cast_dtype == torch.bfloat16
+        assert wrapper.cast_dtype == torch.float16
+        assert 0 < main_runner.message_hub.get_scalar('train/loss_scale').current() <= 2 ** 16
+        args = train_tool.parse_args([cfg_path, '--amp', '--amp-dtype', 'bfloat16'])
+        assert train_tool.merge_args(train_tool.Config.fromfile(cfg_path),
+                                     args).optim_wrapper.dtype == 'bfloat16'
     assert torch.isfinite(torch.tensor(main_runner.message_hub.get_scalar('train/loss')
                                        .current()))
     assert all(torch.isfinite(p).all() for p in main_runner.model.parameters())

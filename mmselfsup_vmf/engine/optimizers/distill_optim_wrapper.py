@@ -7,13 +7,16 @@ each parameter tensor separately (``clip_grad=dict(type='per_tensor', max_norm=3
 before the step, as DINO's ``cancel_gradients_last_layer`` does (``grad = None``: AdamW then
 skips them entirely, weight decay included).
 """
-from typing import Iterable, List, Optional
+from contextlib import contextmanager
+from typing import Iterable, List, Optional, Tuple
 
 import torch
+from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
-from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
-                             is_npu_available)
 from mmpretrain.registry import OPTIM_WRAPPERS
+from torch import nn
+
+from ...models.losses.numerics import HOST_CHECK_DEVICES
 
 
 def _has_accelerator() -> bool:
@@ -87,30 +90,65 @@ class DistillOptimWrapper(GradEditMixin, OptimWrapper):
         self.optimizer.step(**kwargs)
 
 
+def build_grad_scaler(loss_scale, device_type: str) -> Tuple[torch.amp.GradScaler,
+                                                                 Optional[float]]:
+    """``torch.amp.GradScaler`` for ``device_type`` from mmengine's ``loss_scale`` argument.
+
+    Same meaning as in mmengine's AmpOptimWrapper: ``'dynamic'`` (torch's defaults: initial
+    scale 2^16, halved on overflow, doubled after 2000 clean steps), a float (static scale;
+    also returned as the value ``update`` resets to) or a dict of GradScaler arguments.
+    """
+    if loss_scale == 'dynamic':
+        return torch.amp.GradScaler(device_type), None
+    if isinstance(loss_scale, float):
+        return torch.amp.GradScaler(device_type, init_scale=loss_scale), loss_scale
+    if isinstance(loss_scale, dict):
+        return torch.amp.GradScaler(device_type, **loss_scale), None
+    raise TypeError('optim_wrapper.loss_scale must be a float, a dict or "dynamic", got '
+                    f'{loss_scale!r}')
+
+
 @OPTIM_WRAPPERS.register_module()
 class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
     """fp16/bf16 wrapper: unscale -> clip -> cancel frozen grads -> scaler step.
 
-    On a machine without an accelerator mmengine's AmpOptimWrapper refuses to build; here
-    ``dtype='bfloat16'`` then runs CPU bf16 autocast with no loss scaling (bf16 has fp32's
-    range), so AMP configs can be smoke-tested on CPU. fp16 still needs a GPU.
+    mmengine's AmpOptimWrapper (scaled backward, state dict with ``loss_scaler``, grad
+    accumulation context) does the work. It refuses to build without an accelerator and its
+    ``autocast`` accepts only bf16 on a CPU, although torch's CPU autocast runs float16 and
+    ``torch.amp.GradScaler('cpu')`` scales losses; so on a CPU-only machine the scaler is
+    built for the CPU and the autocast context is torch's. fp16 then runs on the CPU with
+    dynamic loss scaling exactly as on a GPU (``dtype=None`` means float16 there too).
     """
 
     def __init__(self, optimizer, loss_scale='dynamic', dtype=None, use_fsdp: bool = False,
                  clip_grad: Optional[dict] = None, **kwargs):
         clip_grad = self._setup_grad_edit(clip_grad)
         if _has_accelerator():
+            self.autocast_device = None  # mmengine's autocast picks the current device
             AmpOptimWrapper.__init__(self, loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp,
                                      optimizer=optimizer, clip_grad=clip_grad, **kwargs)
-            return
-        if dtype not in ('bfloat16', torch.bfloat16):
-            raise RuntimeError(
-                f'AmpDistillOptimWrapper(dtype={dtype!r}) needs a GPU; on a CPU use '
-                "dtype='bfloat16' or optim_wrapper.type='DistillOptimWrapper'")
-        OptimWrapper.__init__(self, optimizer, clip_grad=clip_grad, **kwargs)
-        self._scale_update_param = None
-        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
-        self.cast_dtype = torch.bfloat16
+        else:
+            if use_fsdp:
+                raise RuntimeError('AmpDistillOptimWrapper(use_fsdp=True) needs an accelerator')
+            if isinstance(dtype, str):
+                if dtype not in self.valid_dtypes:
+                    raise ValueError(f'optim_wrapper.dtype must be one of {self.valid_dtypes}, '
+                                     f'got {dtype!r}')
+                dtype = getattr(torch, dtype)
+            OptimWrapper.__init__(self, optimizer, clip_grad=clip_grad, **kwargs)
+            self.autocast_device = 'cpu'
+            self.loss_scaler, self._scale_update_param = build_grad_scaler(loss_scale, 'cpu')
+            self.cast_dtype = torch.float16 if dtype is None else dtype
+
+    @contextmanager
+    def optim_context(self, model: nn.Module):
+        if self.autocast_device is None:
+            with AmpOptimWrapper.optim_context(self, model):
+                yield
+        else:
+            with OptimWrapper.optim_context(self, model), torch.autocast(
+                    device_type=self.autocast_device, dtype=self.cast_dtype):
+                yield
 
     def step(self, **kwargs) -> None:
         if self._needs_edit():
@@ -118,3 +156,7 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
             self._edit_grads()
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update_param)
+        if self.autocast_device in HOST_CHECK_DEVICES:
+            # a skipped (overflow) step shows as a halved scale; reading it on a GPU would
+            # wait for the optimiser step, so it is logged where that is free
+            self.message_hub.update_scalar('train/loss_scale', self.loss_scaler.get_scale())

@@ -5,7 +5,7 @@ say how head outputs become a loss.
 """
 import math
 from abc import abstractmethod
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.logging import print_log
@@ -15,6 +15,7 @@ from mmpretrain.registry import MODELS
 from torch import nn
 
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
+from ..utils.compile import compile_kwargs, compile_parts
 from ..utils.schedules import teacher_temperature
 
 
@@ -85,6 +86,9 @@ class SelfDistillation(BaseSelfSupervisor):
             SimDINO) or 'dinov2' (SimDINOv2) re-initialise the backbone as the official code
             (:func:`~mmselfsup_vmf.models.backbones.official_init.official_vit_init`); the
             published recipes set it.
+        compile: ``torch.compile`` the backbone, neck and head of student and teacher in
+            place: True, or a dict of ``torch.compile`` arguments (``tools/train.py
+            --compile``); checkpoints keep the eager keys (``models/utils/compile.py``).
 
     The teacher is updated at the start of each training step from the student as left by the
     previous optimiser step (mmpretrain's MoCoV3 pattern, which also works under DDP), so the
@@ -106,8 +110,10 @@ class SelfDistillation(BaseSelfSupervisor):
                  teacher_momentum_end: float = 1.0,
                  teacher_temp: Optional[dict] = None,
                  backbone_init: Optional[str] = None,
+                 compile: Union[bool, dict, None] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=None):
+        compile_args = compile_kwargs(compile)
         if backbone_init is not None and backbone_init not in OFFICIAL_INITS:
             raise ValueError(f'model.backbone_init must be None or one of {OFFICIAL_INITS}, '
                              f'got {backbone_init!r}')
@@ -131,6 +137,9 @@ class SelfDistillation(BaseSelfSupervisor):
         self._progress_known = False
         self.check_vmf_dim('loss_module', 'model.loss')
         self.check_modules()
+        self.compile_args = compile_args
+        if compile_args is not None:
+            compile_parts([self._student_modules(), self.teacher.module], compile_args)
 
     def check_modules(self) -> None:
         """Build-time checks of how head and loss fit together (subclasses add theirs)."""

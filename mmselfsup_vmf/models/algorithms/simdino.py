@@ -5,7 +5,7 @@ L2-normalised features and the loss is a cosine alignment minus a coding-rate te
 (:class:`~mmselfsup_vmf.models.losses.SimDINOLoss`). SimDINOv2 adds DINOv2's masked
 student global crops with a negative-cosine loss on the masked patch tokens.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from mmpretrain.registry import MODELS
@@ -82,12 +82,14 @@ class SimDINOv2(SimDINO):
     def __init__(self, backbone: dict, head: dict, loss: dict, neck: Optional[dict] = None,
                  num_global_views: int = 2, teacher_momentum: float = 0.9,
                  teacher_momentum_end: float = 1.0, patch_loss_weight: float = 1.0,
-                 backbone_init: Optional[str] = None, data_preprocessor: Optional[dict] = None,
-                 init_cfg=None):
+                 backbone_init: Optional[str] = None,
+                 compile: Union[bool, dict, None] = None,
+                 data_preprocessor: Optional[dict] = None, init_cfg=None):
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck,
                          num_global_views=num_global_views, teacher_momentum=teacher_momentum,
                          teacher_momentum_end=teacher_momentum_end, backbone_init=backbone_init,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+                         compile=compile, data_preprocessor=data_preprocessor,
+                         init_cfg=init_cfg)
         if not patch_loss_weight >= 0:
             raise ValueError(f'patch_loss_weight must be >= 0, got {patch_loss_weight!r}')
         self.patch_loss_weight = float(patch_loss_weight)
