@@ -28,8 +28,9 @@ def test_smoke_study_writes_parsable_outputs(tmp_path, capsys):
     assert (run['num_bank'], run['num_queries']) == (1000, 500)
     assert 0 <= run['knn_top1'] <= 100 and 0 <= run['linear_top1'] <= 100
     assert run['iters'] == 256 // 64 and run['iters_per_epoch'] == 4
-    # k-NN after the one epoch, from the training log, equals the final teacher evaluation
-    assert [round(e) for e, _ in run['knn_curve']] == [1]
+    # k-NN at init and after the epoch, from the training log; the last equals the final
+    # teacher evaluation
+    assert [round(e) for e, _ in run['knn_curve']] == [0, 1]
     assert run['knn_curve'][-1][1] == pytest.approx(run['knn_top1'])
     usage = run['prototype_usage']
     assert [h['iter'] for h in usage['history']] == [0, 2, 4]

@@ -112,8 +112,9 @@ def plot_knn_curves(runs: List[dict], raw: dict, out: str) -> str:
     ax.axhline(raw['knn_top1'], color='k', linestyle='--', label='raw pixels')
     ax.set_xlabel('epoch')
     ax.set_ylabel('k-NN top-1 (%), full split')
-    ax.set_title('teacher k-NN (k=20, T=0.07; 60k bank, 10k queries), mean over seeds',
-                 fontsize=9)
+    sizes = sorted({(r['num_bank'], r['num_queries']) for r in runs})
+    ax.set_title(f'teacher k-NN (k=20, T=0.07; bank/queries {sizes}), mean over seeds; '
+                 'epoch 0 = random init', fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -121,14 +121,15 @@ def _git_commit() -> Optional[str]:
 
 
 def extract_teacher_features(model, cfg):
+    """(features, labels) of the k-NN bank and queries named in the config (as knn.py)."""
+    from knn import knn_dataloader_cfgs
     from mmengine.runner import Runner
 
     from mmselfsup_vmf.evaluation.knn import extract_features
-    feats = {}
-    for name in ('knn_train_dataloader', 'knn_val_dataloader'):
-        loader = Runner.build_dataloader(cfg[name], seed=0)
-        feats[name] = extract_features(lambda b: model.knn_features(b, 'teacher'), loader)
-    return feats['knn_train_dataloader'], feats['knn_val_dataloader']
+    return tuple(
+        extract_features(lambda b: model.knn_features(b, 'teacher'),
+                         Runner.build_dataloader(loader_cfg, seed=0))
+        for loader_cfg in knn_dataloader_cfgs(cfg))
 
 
 def evaluate_features(train, test) -> dict:

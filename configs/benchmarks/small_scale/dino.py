@@ -25,6 +25,7 @@ custom_hooks = [
     dict(type='RandomStateHook'),
     dict(type='FreezeLastLayerHook', epochs=0),
     dict(type='KNNHook', train_dataloader={{_base_.knn_train_dataloader}},
-         val_dataloader={{_base_.knn_val_dataloader}}, interval=1, k=20, temperature=0.07),
+         val_dataloader={{_base_.knn_val_dataloader}}, interval=1, k=20, temperature=0.07,
+         before_train=True),
 ]
 default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook', interval=50))

@@ -18,5 +18,6 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3))
 custom_hooks = [
     dict(type='RandomStateHook'),
     dict(type='KNNHook', train_dataloader={{_base_.knn_train_dataloader}},
-         val_dataloader={{_base_.knn_val_dataloader}}, interval=1, k=20, temperature=0.07),
+         val_dataloader={{_base_.knn_val_dataloader}}, interval=1, k=20, temperature=0.07,
+         before_train=True),
 ]
