@@ -11,8 +11,10 @@ checkpoint (``<work-root>/<experiment>/<run>/``). At the end (and with ``--repor
 ``results.json``, ``results.md`` and PNG figures next to the runs.
 
 Experiments (``--experiment``):
-  study       methods x seeds at the study budget (default)
+  study       methods x seeds at the study budget (default), each method with the lr and
+              teacher momentum of its best sweep trial (k-NN top-1) once the sweep has run
   sweep       seed 0, every method on the same lr x teacher-momentum grid, short budget
+              (one epoch of a 20,000-image subset), final evaluation only
   robustness  issue 9 section 3: lr x 3, temperature / eps x 3, DINO without centring,
               momentum 0 (no self-distillation), DINO with unnormalised prototypes, 'debye'
   smoke       one tiny run (256 images, small k-NN sets) for CI
@@ -67,9 +69,23 @@ def run_spec(experiment: str, name: str, method: str, seed: int, epochs: int,
                 overrides=dict(overrides or {}), **extra)
 
 
+def tuned_overrides(out_dir: str, method: str) -> Dict:
+    """The sweep's best grid point of ``method`` (highest k-NN top-1; ties: first in grid
+    order), as lr / momentum overrides; {} (the config's values) before the sweep ran."""
+    best, best_knn = {}, None
+    for spec in sweep_runs(parse_args(['--experiment', 'sweep', '--methods', method])):
+        result = read_result(osp.join(out_dir, 'sweep', 'runs', spec['name'] + '.json'))
+        if result is None:
+            continue
+        if best_knn is None or result['knn_top1'] > best_knn:
+            best_knn = result['knn_top1']
+            best = {k: spec['overrides'][k] for k in (LR, MOMENTUM)}
+    return best
+
+
 def study_runs(args) -> List[dict]:
     epochs = args.epochs or STUDY_EPOCHS
-    return [run_spec('study', f'{m}_s{s}', m, s, epochs)
+    return [run_spec('study', f'{m}_s{s}', m, s, epochs, tuned_overrides(args.out, m))
             for s in range(args.seeds) for m in args.methods]
 
 
@@ -79,7 +95,7 @@ def sweep_runs(args) -> List[dict]:
     subset = {'train_dataloader.dataset.dataset.num_samples': SWEEP_IMAGES}
     return [run_spec('sweep', f'{m}_lr{lr:g}_m{mom:g}', m, 0, epochs,
                      dict(subset, **{LR: lr, MOMENTUM: mom}), knn_hook=False)
-            for m in args.methods for mom in SWEEP_MOMENTA for lr in SWEEP_LRS]
+            for mom in SWEEP_MOMENTA for lr in SWEEP_LRS for m in args.methods]
 
 
 def robustness_runs(args) -> List[dict]:
@@ -88,7 +104,8 @@ def robustness_runs(args) -> List[dict]:
     runs = []
 
     def add(name, method, overrides):
-        runs.append(run_spec('robustness', name, method, 0, epochs, overrides))
+        recipe = tuned_overrides(args.out, method)
+        runs.append(run_spec('robustness', name, method, 0, epochs, dict(recipe, **overrides)))
     for method in ('dino', 'simdino'):
         for factor in (0.3, 3.0, 10.0):
             add(f'{method}_lr_x{factor:g}', method, {'lr_factor': factor})
@@ -119,8 +136,10 @@ def resolve_lr_factor(spec: dict) -> dict:
     """Turn ``lr_factor`` into an absolute lr: factor x the method config's (tuned) lr."""
     factor = spec['overrides'].pop('lr_factor', None)
     if factor is not None:
-        from mmengine.config import Config
-        base_lr = Config.fromfile(osp.join(ROOT, spec['config'])).optim_wrapper.optimizer.lr
+        base_lr = spec['overrides'].get(LR)
+        if base_lr is None:
+            from mmengine.config import Config
+            base_lr = Config.fromfile(osp.join(ROOT, spec['config'])).optim_wrapper.optimizer.lr
         spec['overrides'][LR] = base_lr * factor
     return spec
 
@@ -144,7 +163,7 @@ def launch(spec: dict, result_path: str, log_path: str, in_process: bool) -> boo
         from small_scale_run import run_one
         run_one(spec, result_path)
         return True
-    spec_path = result_path[:-len('.json')] + '.spec.json'
+    spec_path = osp.join(spec['work_dir'], 'spec.json')
     write_json_atomic(spec_path, spec)
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
     code = ('import json, sys; sys.path.insert(0, sys.argv[1]); from small_scale_run import '
