@@ -1,20 +1,8 @@
-# The study's common budget: DINO's optimisation (AdamW, linear warm-up then cosine lr,
-# weight decay cosine 0.04 -> 0.4, per-tensor clipping) over `max_epochs` epochs of the full
-# training set; the lr is per 64 images (the batch). Logs every 100 iterations, k-NN on the
-# full split after every epoch, checkpoint (last only) every epoch so a killed run resumes.
-_base_ = ['../../../_base_/schedules/adamw_coslr_coswd.py', '../../../_base_/demo_runtime.py']
-max_epochs = 4
-warmup_epochs = 1
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
-         by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
-    dict(type='CosineAnnealingParamScheduler', param_name='weight_decay', eta_min_ratio=10.0,
-         by_epoch=True, begin=0, end=max_epochs, convert_to_iter_based=True),
-]
-train_cfg = dict(max_epochs=max_epochs)
-auto_scale_lr = dict(base_batch_size=64, enable=True)
+# The study's common schedule: the CPU demos' (DINO's optimisation: AdamW, linear warm-up then
+# cosine lr, weight decay cosine 0.04 -> 0.4, per-tensor clipping; lr per 64 images), whose
+# epoch budget tools/benchmarks/small_scale.py sets per experiment. Logs every 100 iterations
+# and keeps the last checkpoint of every epoch, so a stopped run resumes.
+_base_ = ['../../../_base_/schedules/demo_adamw_3e.py', '../../../_base_/demo_runtime.py']
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_last=True))
