@@ -225,6 +225,7 @@ def main(argv=None) -> int:
     command = 'python tools/benchmarks/small_scale.py ' + ' '.join(argv or sys.argv[1:])
     failed = []
     if not args.report:
+        raw_pixel_result(args.out, args.experiment == 'smoke')  # once, kept in <out>
         durations = []
         for i, spec in enumerate(pending):
             spec.update(work_dir=osp.join(args.work_root, args.experiment, spec['name']),
