@@ -39,7 +39,7 @@ from small_scale_run import ROOT, write_json_atomic  # noqa: E402
 
 METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')
 CONFIG_DIR = 'configs/benchmarks/small_scale'
-STUDY_EPOCHS = 3  # ~12 min of training per run on a quiet 2-core machine (docs/benchmarks.md)
+STUDY_EPOCHS = 3  # 2,811 iterations per run; timings in docs/benchmarks.md
 SWEEP_EPOCHS = 1
 SWEEP_IMAGES = 20000  # sweep trials pre-train on a class-balanced 20,000-image subset
 SWEEP_LRS = (1e-3, 3e-3)
