@@ -1,0 +1,14 @@
+# iBOT, small-scale study: ./dino.py (inherited) with a maskable ViT returning all tokens,
+# block masks on the student's global crops and the masked-patch loss on the shared head,
+# which uses the DINO teacher temperature schedule and prototype count.
+_base_ = './dino.py'
+model = dict(
+    type='iBOT',
+    backbone=dict(type='MaskedViT', out_type='raw', mask_token_std=0.0),
+    patch_loss=dict(type='iBOTPatchLoss', num_prototypes={{_base_.num_prototypes}},
+                    dim={{_base_.bottleneck}}, centering='logit'),
+    teacher_patch_temp={{_base_.model.teacher_temp}},
+    data_preprocessor=dict(
+        type='MaskedSelfSupDataPreprocessor', patch_size={{_base_.model.backbone.patch_size}},
+        num_global_views=2, mask_mode='ibot',
+        mask_cfg=dict(pred_ratio=(0.0, 0.3), pred_ratio_var=(0.0, 0.2))))

@@ -1,0 +1,86 @@
+"""tools/benchmarks/small_scale.py: the smoke experiment end to end (Runner training, teacher
+k-NN and logistic probe, raw-pixel row, table, figures), restart skipping, and the grids."""
+import json
+import os.path as osp
+import sys
+
+import cv2
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'tools', 'benchmarks'))
+import small_scale  # noqa: E402
+from small_scale_run import set_epochs  # noqa: E402
+
+FASHION = '/usr/share/datasets/fashion-mnist'
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not osp.isdir(FASHION), reason='Debian dataset-fashion-mnist not installed')
+def test_smoke_study_writes_parsable_outputs(tmp_path, capsys):
+    args = ['--experiment', 'smoke', '--methods', 'dino_vmf', '--out', str(tmp_path / 'out'),
+            '--work-root', str(tmp_path / 'work'), '--in-process']
+    assert small_scale.main(args) == 0
+    exp = tmp_path / 'out' / 'smoke'
+    run = json.loads((exp / 'runs' / 'dino_vmf_s0.json').read_text())
+    # the full protocol on the smoke subsets: 1,000-image bank, 500 queries, 10 classes
+    assert (run['num_bank'], run['num_queries']) == (1000, 500)
+    assert 0 <= run['knn_top1'] <= 100 and 0 <= run['linear_top1'] <= 100
+    assert run['iters'] == 256 // 64 and run['iters_per_epoch'] == 4
+    # k-NN at init and after the epoch, from the training log; the last equals the final
+    # teacher evaluation
+    assert [round(e) for e, _ in run['knn_curve']] == [0, 1]
+    assert run['knn_curve'][-1][1] == pytest.approx(run['knn_top1'])
+    usage = run['prototype_usage']
+    assert [h['iter'] for h in usage['history']] == [0, 2, 4]
+    k = usage['history'][0]['num_prototypes']
+    assert all(1 <= h['effective_number'] <= k + 1e-6 for h in usage['history'])
+    assert len(usage['kappa']) == k
+    results = json.loads((exp / 'results.json').read_text())
+    assert results['summary']['dino_vmf']['knn_top1'] == [run['knn_top1']]
+    raw = results['raw_pixels']
+    assert (raw['num_bank'], raw['num_queries'], raw['feature_dim']) == (1000, 500, 784)
+    table = (exp / 'results.md').read_text().splitlines()
+    assert table[2].startswith('| raw pixels |') and table[3].startswith('| dino_vmf |')
+    for png in ('knn_vs_epoch.png', 'prototype_usage.png'):
+        image = cv2.imread(str(exp / png))
+        assert image is not None and image.shape[0] > 100, png
+    # a restart skips the finished run and only rewrites the report
+    capsys.readouterr()
+    assert small_scale.main(args) == 0
+    assert '1 finished, 0 to run' in capsys.readouterr().out
+
+
+def test_every_method_gets_the_same_sweep_grid():
+    args = small_scale.parse_args(['--experiment', 'sweep'])
+    runs = small_scale.sweep_runs(args)
+    grids = {}
+    for r in runs:
+        grids.setdefault(r['method'], set()).add(tuple(sorted(r['overrides'].items())))
+    assert set(grids) == set(small_scale.METHODS)
+    assert len({frozenset(g) for g in grids.values()}) == 1
+    assert len(next(iter(grids.values()))) == len(small_scale.SWEEP_LRS) * len(
+        small_scale.SWEEP_MOMENTA)
+
+
+def test_study_runs_are_methods_times_seeds_with_unique_names():
+    args = small_scale.parse_args(['--seeds', '2', '--methods', 'dino', 'simdino'])
+    names = [r['name'] for r in small_scale.study_runs(args)]
+    assert sorted(names) == ['dino_s0', 'dino_s1', 'simdino_s0', 'simdino_s1']
+    robust = small_scale.robustness_runs(small_scale.parse_args(['--experiment', 'robustness']))
+    assert len({r['name'] for r in robust}) == len(robust)
+
+
+def test_set_epochs_stretches_the_schedule():
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/benchmarks/small_scale/dino.py'))
+    set_epochs(cfg, 7)
+    assert cfg.train_cfg.max_epochs == 7
+    cosine = next(s for s in cfg.param_scheduler if s['type'] == 'CosineAnnealingLR')
+    assert (cosine['begin'], cosine['end'], cosine['T_max']) == (1, 7, 6)
+    assert all(s['end'] <= 7 for s in cfg.param_scheduler)
+    set_epochs(cfg, 1)  # short budget: warm-up is a quarter of it
+    warmup = next(s for s in cfg.param_scheduler if s['type'] == 'LinearLR')
+    cosine = next(s for s in cfg.param_scheduler if s['type'] == 'CosineAnnealingLR')
+    assert warmup['end'] == cosine['begin'] == 0.25 and cosine['T_max'] == 0.75

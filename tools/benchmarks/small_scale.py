@@ -1,0 +1,259 @@
+"""The small-scale study: pre-train the six methods on all of Fashion-MNIST on the CPU and
+evaluate their teachers against raw pixels (docs/benchmarks.md, "Small-scale study").
+
+Each run trains ``configs/benchmarks/small_scale/<method>.py`` through mmengine's Runner in its
+own process (one torch thread), then evaluates the teacher's CLS features with weighted k-NN
+(k = 20, T = 0.07, all 60,000 training images as the bank, all 10,000 test images as queries)
+and a logistic-regression linear probe (``mmselfsup_vmf/evaluation/logistic_probe.py``).
+Every run writes its own result file atomically (``<out>/<experiment>/runs/<run>.json``); a
+restarted driver skips runs whose file exists and resumes a stopped run from its last
+checkpoint (``<work-root>/<experiment>/<run>/``). At the end (and with ``--report``) it writes
+``results.json``, ``results.md`` and PNG figures next to the runs.
+
+Experiments (``--experiment``):
+  study       methods x seeds at the study budget (default), each method with the lr and
+              teacher momentum of its best sweep trial (k-NN top-1) once the sweep has run
+  sweep       seed 0, every method on the same lr x teacher-momentum grid, short budget
+              (one epoch of a 20,000-image subset), final evaluation only
+  robustness  issue 9 section 3: lr x 3, temperature / eps x 3, DINO without centring,
+              momentum 0 (no self-distillation), DINO with unnormalised prototypes, 'debye'
+  smoke       one tiny run (256 images, small k-NN sets) for CI
+
+Usage:
+  python tools/benchmarks/small_scale.py [--experiment study] [--methods dino simdino ...]
+      [--seeds 3] [--epochs E] [--out benchmarks/results/small_scale] [--work-root DIR]
+      [--only NAME ...] [--list] [--report]
+"""
+import argparse
+import datetime
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from small_scale_run import ROOT, write_json_atomic  # noqa: E402
+
+METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')
+CONFIG_DIR = 'configs/benchmarks/small_scale'
+STUDY_EPOCHS = 3  # 2,811 iterations per run; timings in docs/benchmarks.md
+SWEEP_EPOCHS = 1
+SWEEP_IMAGES = 20000  # sweep trials pre-train on a class-balanced 20,000-image subset
+SWEEP_LRS = (1e-3, 3e-3)
+SWEEP_MOMENTA = (0.99, )
+LR = 'optim_wrapper.optimizer.lr'
+MOMENTUM = 'model.teacher_momentum'
+
+# smoke: 256 training images, 4 x 64 iterations, 1,000-image k-NN bank and 500 queries
+SMOKE_OVERRIDES = {
+    'train_dataloader.dataset.dataset.num_samples': 256,
+    'train_dataloader.num_workers': 0,
+    'train_dataloader.persistent_workers': False,
+    'knn_train_dataloader.dataset.num_samples': 1000,
+    'knn_val_dataloader.dataset.num_samples': 500,
+    'model.backbone.arch.embed_dims': 32,
+    'model.backbone.arch.feedforward_channels': 64,
+    'model.backbone.arch.num_layers': 2,
+    'model.head.in_channels': 32,
+    'model.head.hidden_channels': 64,
+}
+
+
+def run_spec(experiment: str, name: str, method: str, seed: int, epochs: int,
+             overrides: Dict = None, **extra) -> dict:
+    return dict(experiment=experiment, name=name, method=method,
+                config=f'{CONFIG_DIR}/{method}.py', seed=seed, epochs=epochs,
+                overrides=dict(overrides or {}), **extra)
+
+
+def tuned_overrides(out_dir: str, method: str) -> Dict:
+    """The sweep's best grid point of ``method`` (highest k-NN top-1; ties: first in grid
+    order), as lr / momentum overrides; {} (the config's values) before the sweep ran."""
+    best, best_knn = {}, None
+    for spec in sweep_runs(parse_args(['--experiment', 'sweep', '--methods', method])):
+        result = read_result(osp.join(out_dir, 'sweep', 'runs', spec['name'] + '.json'))
+        if result is None:
+            continue
+        if best_knn is None or result['knn_top1'] > best_knn:
+            best_knn = result['knn_top1']
+            best = {k: spec['overrides'][k] for k in (LR, MOMENTUM)}
+    return best
+
+
+def study_runs(args) -> List[dict]:
+    epochs = args.epochs or STUDY_EPOCHS
+    return [run_spec('study', f'{m}_s{s}', m, s, epochs, tuned_overrides(args.out, m))
+            for s in range(args.seeds) for m in args.methods]
+
+
+def sweep_runs(args) -> List[dict]:
+    """The same lr x momentum grid for every method (seed 0): equal tuning effort."""
+    epochs = args.epochs or SWEEP_EPOCHS
+    subset = {'train_dataloader.dataset.dataset.num_samples': SWEEP_IMAGES}
+    return [run_spec('sweep', f'{m}_lr{lr:g}_m{mom:g}', m, 0, epochs,
+                     dict(subset, **{LR: lr, MOMENTUM: mom}), knn_hook=False)
+            for mom in SWEEP_MOMENTA for lr in SWEEP_LRS for m in args.methods]
+
+
+def robustness_runs(args) -> List[dict]:
+    """Issue 9 section 3 at the sweep budget, seed 0, around each method's chosen recipe."""
+    epochs = args.epochs or SWEEP_EPOCHS
+    runs = []
+
+    def add(name, method, overrides):
+        recipe = tuned_overrides(args.out, method)
+        runs.append(run_spec('robustness', name, method, 0, epochs, dict(recipe, **overrides)))
+    for method in ('dino', 'simdino'):
+        for factor in (0.3, 3.0, 10.0):
+            add(f'{method}_lr_x{factor:g}', method, {'lr_factor': factor})
+        add(f'{method}_no_self_distillation', method,
+            {MOMENTUM: 0.0, 'model.teacher_momentum_end': 0.0})
+    for temp in (0.02, 0.04, 0.1):
+        add(f'dino_teacher_temp_{temp:g}', 'dino',
+            {'model.teacher_temp': dict(start=temp, end=temp, warmup_epochs=0)})
+    for eps in (0.01, 0.2, 0.5):
+        add(f'simdino_eps_{eps:g}', 'simdino', {'model.loss.eps': eps})
+    add('dino_no_centering', 'dino', {'model.loss.centering': 'none'})
+    add('dino_unnormalised_prototypes', 'dino', {'model.head.norm_last_layer': False})
+    add('dino_vmf_debye', 'dino_vmf', {'model.loss.approximation': 'debye'})
+    return [r for r in runs if r['method'] in args.methods]
+
+
+def smoke_runs(args) -> List[dict]:
+    method = args.methods[0] if len(args.methods) == 1 else 'simdino'
+    return [run_spec('smoke', f'{method}_s0', method, 0, args.epochs or 1, SMOKE_OVERRIDES,
+                     probe_interval=2)]
+
+
+EXPERIMENTS = dict(study=study_runs, sweep=sweep_runs, robustness=robustness_runs,
+                   smoke=smoke_runs)
+
+
+def resolve_lr_factor(spec: dict) -> dict:
+    """Turn ``lr_factor`` into an absolute lr: factor x the method config's (tuned) lr."""
+    factor = spec['overrides'].pop('lr_factor', None)
+    if factor is not None:
+        base_lr = spec['overrides'].get(LR)
+        if base_lr is None:
+            from mmengine.config import Config
+            base_lr = Config.fromfile(osp.join(ROOT, spec['config'])).optim_wrapper.optimizer.lr
+        spec['overrides'][LR] = base_lr * factor
+    return spec
+
+
+def read_result(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else \
+        f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def launch(spec: dict, result_path: str, log_path: str, in_process: bool) -> bool:
+    if in_process:
+        from small_scale_run import run_one
+        run_one(spec, result_path)
+        return True
+    spec_path = osp.join(spec['work_dir'], 'spec.json')
+    write_json_atomic(spec_path, spec)
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
+    code = ('import json, sys; sys.path.insert(0, sys.argv[1]); from small_scale_run import '
+            'run_one; run_one(json.load(open(sys.argv[2])), sys.argv[3])')
+    with open(log_path, 'a') as log:
+        proc = subprocess.run([sys.executable, '-c', code, osp.dirname(osp.abspath(__file__)),
+                               spec_path, result_path], stdout=log, stderr=subprocess.STDOUT,
+                              env=env, cwd=ROOT)
+    os.remove(spec_path)
+    return proc.returncode == 0
+
+
+def raw_pixel_result(out_dir: str, smoke: bool) -> dict:
+    """The raw-pixel baseline row, computed once and kept in ``<out>/raw_pixels.json``."""
+    path = osp.join(out_dir, 'raw_pixels_smoke.json' if smoke else 'raw_pixels.json')
+    result = read_result(path)
+    if result is None:
+        from small_scale_run import raw_pixel_baseline
+        result = raw_pixel_baseline(1000, 500) if smoke else raw_pixel_baseline()
+        result['command'] = 'python tools/benchmarks/small_scale.py (raw-pixel baseline)'
+        write_json_atomic(path, result)
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--experiment', choices=sorted(EXPERIMENTS), default='study')
+    p.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
+    p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
+    p.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results', 'small_scale'))
+    p.add_argument('--work-root', default=osp.join(ROOT, 'work_dirs', 'small_scale'))
+    p.add_argument('--only', nargs='+', help='run only these run names')
+    p.add_argument('--list', action='store_true', help='list the runs and their state, exit')
+    p.add_argument('--report', action='store_true', help='only write the table and figures')
+    p.add_argument('--in-process', action='store_true',
+                   help='train in this process (default: one subprocess per run)')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    specs = [resolve_lr_factor(s) for s in EXPERIMENTS[args.experiment](args)]
+    if args.only:
+        specs = [s for s in specs if s['name'] in args.only]
+    exp_dir = osp.join(args.out, args.experiment)
+    runs_dir = osp.join(exp_dir, 'runs')
+    os.makedirs(runs_dir, exist_ok=True)
+    pending = [s for s in specs if read_result(osp.join(runs_dir, s['name'] + '.json')) is None]
+    print(f'{args.experiment}: {len(specs)} runs, {len(specs) - len(pending)} finished, '
+          f'{len(pending)} to run (results in {runs_dir})', flush=True)
+    if args.list:
+        for s in specs:
+            state = 'pending' if s in pending else 'done'
+            print(f'  {s["name"]:40s} {state}  {s["overrides"]}')
+        return 0
+    command = 'python tools/benchmarks/small_scale.py ' + ' '.join(argv or sys.argv[1:])
+    failed = []
+    if not args.report:
+        raw_pixel_result(args.out, args.experiment == 'smoke')  # once, kept in <out>
+        durations = []
+        for i, spec in enumerate(pending):
+            spec.update(work_dir=osp.join(args.work_root, args.experiment, spec['name']),
+                        command=command)
+            os.makedirs(spec['work_dir'], exist_ok=True)
+            result_path = osp.join(runs_dir, spec['name'] + '.json')
+            eta = (f', ETA {format_seconds(sum(durations) / len(durations) * (len(pending) - i))}'
+                   if durations else '')
+            print(f'[{datetime.datetime.now():%H:%M:%S}] run {i + 1}/{len(pending)} '
+                  f'{spec["name"]} (load {os.getloadavg()[0]:.2f}{eta}); log: '
+                  f'{spec["work_dir"]}/driver.log', flush=True)
+            start = time.time()
+            ok = launch(spec, result_path, osp.join(spec['work_dir'], 'driver.log'),
+                        args.in_process)
+            durations.append(time.time() - start)
+            result = read_result(result_path) if ok else None
+            if result is None:
+                failed.append(spec['name'])
+                print(f'  FAILED: see {spec["work_dir"]}/driver.log', flush=True)
+            else:
+                print(f'  k-NN {result["knn_top1"]:.2f}  linear {result["linear_top1"]:.2f}  '
+                      f'({format_seconds(result["wall_seconds"])}, '
+                      f'{result["images_per_second"]:.0f} img/s)', flush=True)
+    from small_scale_report import write_report
+    paths = write_report(exp_dir, raw_pixel_result(args.out, args.experiment == 'smoke'))
+    print('wrote ' + ', '.join(paths))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

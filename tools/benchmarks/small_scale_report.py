@@ -1,0 +1,172 @@
+"""Tables and figures of the small-scale study from its per-run result files.
+
+``write_report(exp_dir, raw_pixels)`` reads ``<exp_dir>/runs/*.json`` and writes
+``results.json`` (every run plus the per-group summary), ``results.md`` (mean +- std over
+seeds, wall time per run, images/s) and PNG figures:
+
+- ``knn_vs_epoch.png``: teacher k-NN top-1 (full split) after every epoch, one line per run
+  group (mean over seeds), raw pixels as a dashed line;
+- ``prototype_usage.png``: DINO vs DINO-vMF (and iBOT vs iBOT-vMF when present) teacher
+  prototype utilisation on fixed probe images over training (effective number exp(H(p_bar))
+  and distinct argmax), and the final kappa = ||w|| / tau distribution.
+"""
+import glob
+import json
+import os.path as osp
+import statistics
+from collections import OrderedDict
+from typing import Dict, List
+
+from small_scale_run import write_json_atomic
+
+METHOD_NAMES = dict(dino='DINO', dino_vmf='DINO-vMF', ibot='iBOT', ibot_vmf='iBOT-vMF',
+                    simdino='SimDINO', simdinov2='SimDINOv2')
+
+
+def group_name(run: dict) -> str:
+    """Runs that differ only by seed share a group ('dino_s1' -> 'dino')."""
+    name, seed = run['spec']['name'], run['spec']['seed']
+    suffix = f'_s{seed}'
+    return name[:-len(suffix)] if name.endswith(suffix) else name
+
+
+def load_runs(exp_dir: str) -> List[dict]:
+    runs = []
+    for path in sorted(glob.glob(osp.join(exp_dir, 'runs', '*.json'))):
+        if path.endswith('.spec.json'):
+            continue
+        with open(path) as f:
+            runs.append(json.load(f))
+    return runs
+
+
+def mean_std(values: List[float]) -> str:
+    if len(values) == 1:
+        return f'{values[0]:.2f}'
+    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
+
+
+def summarise(runs: List[dict]) -> 'OrderedDict[str, dict]':
+    groups: 'OrderedDict[str, List[dict]]' = OrderedDict()
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    for run in sorted(runs, key=lambda r: (order.get(r['spec']['method'], 99), r['spec']['name'])):
+        groups.setdefault(group_name(run), []).append(run)
+    summary = OrderedDict()
+    for name, members in groups.items():
+        spec = members[0]['spec']
+        summary[name] = dict(
+            method=spec['method'], overrides=spec['overrides'], epochs=spec['epochs'],
+            seeds=sorted(r['spec']['seed'] for r in members),
+            knn_top1=[r['knn_top1'] for r in members],
+            linear_top1=[r['linear_top1'] for r in members],
+            wall_minutes=[r['wall_seconds'] / 60 for r in members],
+            images_per_second=[r['images_per_second'] for r in members],
+            loadavg=[r['loadavg_end'][0] for r in members],
+            finished=max(r['finished'] for r in members))
+    return summary
+
+
+def overrides_text(overrides: Dict) -> str:
+    short = {k.split('.')[-1]: v for k, v in overrides.items()
+             if not k.startswith(('train_dataloader', 'knn_', 'custom_hooks'))}
+    return ', '.join(f'{k}={v}' for k, v in short.items()) or '—'
+
+
+def markdown_table(summary, raw: dict) -> str:
+    lines = ['| run | method | changes | epochs | seeds | k-NN top-1 (%) | linear top-1 (%) | '
+             'wall / run (min) | images/s | load avg |',
+             '|---|---|---|---|---|---|---|---|---|---|',
+             f'| raw pixels | — | L2-normalised (k-NN) / standardised (probe) 784-d pixels | — '
+             f'| — | {raw["knn_top1"]:.2f} | {raw["linear_top1"]:.2f} | '
+             f'{raw["wall_seconds"] / 60:.1f} | — | {raw["loadavg_end"][0]:.2f} |']
+    for name, s in summary.items():
+        lines.append(
+            f'| {name} | {METHOD_NAMES.get(s["method"], s["method"])} | '
+            f'{overrides_text(s["overrides"])} | {s["epochs"]} | {len(s["seeds"])} | '
+            f'{mean_std(s["knn_top1"])} | {mean_std(s["linear_top1"])} | '
+            f'{statistics.mean(s["wall_minutes"]):.1f} | '
+            f'{statistics.mean(s["images_per_second"]):.0f} | '
+            f'{statistics.mean(s["loadavg"]):.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_knn_curves(runs: List[dict], raw: dict, out: str) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    curves: 'OrderedDict[str, Dict[float, List[float]]]' = OrderedDict()
+    for run in runs:
+        points = curves.setdefault(group_name(run), {})
+        for epoch, value in run['knn_curve']:
+            points.setdefault(round(epoch, 3), []).append(value)
+    for name, points in curves.items():
+        xs = sorted(points)
+        ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker='o', markersize=3,
+                label=name)
+    ax.axhline(raw['knn_top1'], color='k', linestyle='--', label='raw pixels')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('k-NN top-1 (%), full split')
+    sizes = sorted({(r['num_bank'], r['num_queries']) for r in runs})
+    ax.set_title(f'teacher k-NN (k=20, T=0.07; bank/queries {sizes}), mean over seeds; '
+                 'epoch 0 = random init', fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_prototype_usage(runs: List[dict], out: str) -> str:
+    plt = _pyplot()
+    with_usage = [r for r in runs if r.get('prototype_usage')]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), dpi=100)
+    for run in with_usage:
+        hist = run['prototype_usage']['history']
+        label = run['spec']['name']
+        epochs = [h['iter'] / run['iters_per_epoch'] for h in hist]
+        axes[0].plot(epochs, [h['effective_number'] for h in hist], label=label)
+        axes[1].plot(epochs, [h['distinct_argmax'] for h in hist], label=label)
+        kappa = run['prototype_usage'].get('kappa')
+        if kappa:
+            axes[2].hist(kappa, bins=40, histtype='step', label=label)
+    titles = ('effective number exp(H(p̄)) on 2,000 test images',
+              'distinct teacher argmax on 2,000 test images', 'final κ = ‖w‖ / τ_s')
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if with_usage:
+            ax.legend(fontsize=6)
+    axes[0].set_xlabel('epoch')
+    axes[1].set_xlabel('epoch')
+    axes[2].set_xlabel('κ')
+    axes[0].set_yscale('log')
+    if not with_usage:
+        axes[0].text(0.5, 0.5, 'no prototype method in this experiment', ha='center',
+                     transform=axes[0].transAxes)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def write_report(exp_dir: str, raw: dict) -> List[str]:
+    runs = load_runs(exp_dir)
+    summary = summarise(runs)
+    results_path = osp.join(exp_dir, 'results.json')
+    write_json_atomic(results_path, dict(raw_pixels=raw, summary=summary, runs=[
+        {k: v for k, v in r.items() if k not in ('train_log', )} for r in runs]))
+    table_path = osp.join(exp_dir, 'results.md')
+    with open(table_path, 'w') as f:
+        f.write(markdown_table(summary, raw))
+    paths = [results_path, table_path]
+    if runs:
+        paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
+        paths.append(plot_prototype_usage(runs, osp.join(exp_dir, 'prototype_usage.png')))
+    return paths
