@@ -12,11 +12,11 @@ loop sleeps 2 s each time it restarts the dataloader (mmengine's deadlock guard)
     python benchmarks/bench_runner_overhead.py [--iters 40] [--repeats 3]
 """
 import argparse
+import os.path as osp
 import statistics
 import sys
 import tempfile
 import time
-import os.path as osp
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 

@@ -65,9 +65,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    import mmselfsup_vmf  # noqa: F401
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
+
+    import mmselfsup_vmf  # noqa: F401
     init_default_scope('mmpretrain')
     MMLogger.get_instance('mmengine').setLevel(logging.WARNING)
     for spec in args.candidates:

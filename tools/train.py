@@ -9,8 +9,8 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mmselfsup_vmf  # noqa: E402,F401  (shims + registration even without custom_imports)
-from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 from mmselfsup_vmf.engine.short_run import shorten_run  # noqa: E402
+from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -9,8 +9,15 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import (DATA_SAMPLERS, HOOKS, MODELS, OPTIM_WRAPPERS, PARAM_SCHEDULERS,
-                               TRANSFORMS, DefaultScope)
+from mmengine.registry import (
+    DATA_SAMPLERS,
+    HOOKS,
+    MODELS,
+    OPTIM_WRAPPERS,
+    PARAM_SCHEDULERS,
+    TRANSFORMS,
+    DefaultScope,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(osp.relpath(p, ROOT) for p in

@@ -1,24 +1,20 @@
 """configs/benchmarks/linear_probe: DINO's linear evaluation with a frozen backbone."""
-import importlib.util
-import logging
 import os.path as osp
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmpretrain.models import VisionTransformer
 from mmpretrain.registry import MODELS
+from testing_utils import load_tool as _load_tool  # noqa: E402
+from testing_utils import mmengine_messages  # noqa: E402
 
 from mmselfsup_vmf.evaluation.linear_probe import LinearProbeViT
-from testing_utils import mmengine_messages  # noqa: E402
-from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'benchmarks', 'linear_probe')

@@ -5,11 +5,8 @@ ViT-B/16 is shrunk to 48-d (still 12 blocks, patch 16, 512x512 inputs) and the h
 widths follow; everything else is the real config. (The real ViT-B UperNet takes ~3 min per
 training step on 2 CPU cores, see docs/downstream.md.)
 """
-import importlib.util
-import logging
 import os.path as osp
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -17,13 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmpretrain.models import VisionTransformer
-from testing_utils import mmengine_messages  # noqa: E402
 from testing_utils import load_tool as _load_tool  # noqa: E402
+from testing_utils import mmengine_messages  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG_DIR = osp.join(ROOT, 'configs', 'benchmarks', 'mmseg')

@@ -10,8 +10,11 @@ from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from mmselfsup_vmf.engine.optimizers import (AmpDistillOptimWrapper, DistillOptimWrapper,
-                                             clip_grad_per_tensor_)
+from mmselfsup_vmf.engine.optimizers import (
+    AmpDistillOptimWrapper,
+    DistillOptimWrapper,
+    clip_grad_per_tensor_,
+)
 
 # three tensors with gradient norms 5, 0.5 and 13
 GRADS = [np.array([3.0, 4.0, 0.0]), np.full((2, 2), 0.25), np.array([[5.0, -12.0]])]

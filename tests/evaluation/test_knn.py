@@ -227,6 +227,7 @@ def _dist_worker(rank, world_size, port, out_dir):
     from datetime import timedelta
 
     import torch.distributed as dist
+
     import mmselfsup_vmf  # noqa: F401  (registers SklearnDigits in a spawned process)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                             world_size=world_size, timeout=timedelta(seconds=120))

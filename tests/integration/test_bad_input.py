@@ -14,10 +14,10 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmpretrain.registry import DATASETS, MODELS
+from tiny_dino_cfg import ROOT, tiny_dino_cfg
 
 from mmselfsup_vmf.engine.hooks import CheckpointMatchHook
 from mmselfsup_vmf.engine.hooks.checkpoint_check import state_dict_mismatch
-from tiny_dino_cfg import ROOT, tiny_dino_cfg
 
 
 def one_line(excinfo):

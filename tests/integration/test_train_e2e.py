@@ -6,11 +6,9 @@ import glob
 import importlib.util
 import os.path as osp
 
-import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
-
 from tiny_dino_cfg import ROOT, tiny_dino_cfg
 
 

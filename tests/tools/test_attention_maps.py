@@ -1,5 +1,4 @@
 """tools/visualization/attention_maps.py: explicit last-layer attention and PNG overlays."""
-import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -9,9 +8,9 @@ import cv2
 import pytest
 import torch
 from mmpretrain.models import VisionTransformer
+from testing_utils import load_tool as _load_tool  # noqa: E402
 
 from mmselfsup_vmf.models.backbones import MaskedViT
-from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'visualization', 'attention_maps.py')

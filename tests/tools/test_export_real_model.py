@@ -1,5 +1,4 @@
 """Export the teacher of a real pre-training model and check the features are the teacher's."""
-import importlib.util
 import os.path as osp
 
 import torch

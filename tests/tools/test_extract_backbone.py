@@ -4,24 +4,21 @@ References are independent of the tool: official (DINO/iBOT/DINOv2 = timm) key n
 ViT forward pass are written out below in float64 from the papers' definitions.
 """
 import argparse
-import importlib.util
-import logging
 import math
 import os.path as osp
 import subprocess
 import sys
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.nn.functional as F
-from mmengine.logging import HistoryBuffer, MMLogger
+from mmengine.logging import HistoryBuffer
 from mmpretrain.models import ResNet, VisionTransformer
+from testing_utils import load_tool as _load_tool  # noqa: E402
+from testing_utils import mmengine_messages as mmengine_warnings  # noqa: E402
 
 from mmselfsup_vmf.models.backbones import MaskedViT
-from testing_utils import mmengine_messages as mmengine_warnings  # noqa: E402
-from testing_utils import load_tool as _load_tool  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'extract_backbone.py')

@@ -1,5 +1,4 @@
 """tools/analysis/plot_knn.py on mmengine-style JSON scalar logs written here."""
-import importlib.util
 import json
 import os.path as osp
 import subprocess

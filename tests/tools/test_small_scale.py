@@ -6,7 +6,6 @@ import sys
 
 import cv2
 import pytest
-import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'benchmarks'))

@@ -28,10 +28,11 @@ DEFAULT_KS = (10, 20, 100, 200)
 
 def build_model(config: str, cfg_options: Optional[dict] = None):
     """The config's model (mmpretrain registry, eval mode) and the config."""
-    import mmselfsup_vmf  # noqa: F401  (shims + registration)
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
+    import mmselfsup_vmf  # noqa: F401  (shims + registration)
     if not osp.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
     cfg = Config.fromfile(config)

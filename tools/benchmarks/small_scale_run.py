@@ -153,10 +153,10 @@ def evaluate_features(train, test) -> dict:
 def run_one(spec: dict, result_path: str) -> dict:
     import torch
     torch.set_num_threads(1)
-    import mmselfsup_vmf  # noqa: F401
     import small_scale_hooks  # noqa: F401  (registers PrototypeUsageProbeHook)
     from mmengine.runner import Runner
 
+    import mmselfsup_vmf  # noqa: F401
     from mmselfsup_vmf.engine.hooks.knn_hook import KNNHook
     load_start = os.getloadavg()
     started = datetime.datetime.now().isoformat(timespec='seconds')
@@ -219,10 +219,14 @@ def raw_pixel_baseline(num_bank: Optional[int] = None, num_queries: Optional[int
     import numpy as np
     import torch
 
-    from mmselfsup_vmf.datasets.small_datasets import (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC,
-                                                       DEBIAN_FASHION_MNIST_ROOT,
-                                                       FASHION_MNIST_FILES, _find_idx_file,
-                                                       read_idx_file)
+    from mmselfsup_vmf.datasets.small_datasets import (
+        _IDX_IMAGES_MAGIC,
+        _IDX_LABELS_MAGIC,
+        DEBIAN_FASHION_MNIST_ROOT,
+        FASHION_MNIST_FILES,
+        _find_idx_file,
+        read_idx_file,
+    )
     out = []
     for split, limit in (('train', num_bank), ('test', num_queries)):
         images, labels = (read_idx_file(_find_idx_file(DEBIAN_FASHION_MNIST_ROOT, name), magic)

@@ -50,9 +50,10 @@ def _load_extractor():
 # --------------------------------------------------------------------------- model
 def build_backbone(config: str, cfg_options: Optional[dict] = None):
     """Build ``model.backbone`` of an mmengine config in mmpretrain's registry (eval mode)."""
-    import mmselfsup_vmf  # noqa: F401  (shims + registration of MaskedViT etc.)
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
+
+    import mmselfsup_vmf  # noqa: F401  (shims + registration of MaskedViT etc.)
     if not osp.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
     cfg = Config.fromfile(config)

@@ -1,9 +1,9 @@
 # Linear probe of the CPU demo (configs/dino/demo_fashion-mnist.py): the pre-trained tiny ViT
 # (28 px, patch 7, 64-d, 4 blocks) is frozen and a linear layer is trained on the normalised
 # CLS token of the last block, on 5,000 Fashion-MNIST training images; accuracy on 1,000 test
-# images (timing in docs/downstream.md#linear-probe-frozen-backbone). Every demo config has this ViT; the SimDINOv2
-# demo's has 4 registers: set model.backbone.type='MaskedViT' and num_register_tokens=4 (the
-# PretrainedMatchHook error says so).
+# images (timing in docs/downstream.md#linear-probe-frozen-backbone). Every demo config has
+# this ViT; the SimDINOv2 demo's has 4 registers: set model.backbone.type='MaskedViT' and
+# num_register_tokens=4 (the PretrainedMatchHook error says so).
 #
 #   --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/<demo run>/backbone.pth
 _base_ = ['mmpretrain::_base_/default_runtime.py']

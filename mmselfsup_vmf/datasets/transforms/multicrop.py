@@ -4,7 +4,6 @@ from typing import List, Sequence, Tuple
 from mmpretrain.datasets.transforms import MultiView
 from mmpretrain.registry import TRANSFORMS
 
-
 BLURS = ('pil', 'kernel9')
 
 

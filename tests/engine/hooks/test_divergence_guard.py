@@ -9,14 +9,13 @@ import re
 
 import pytest
 import torch
+from integration.tiny_dino_cfg import ROOT, tiny_dino_cfg, tiny_method_cfg
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from integration.tiny_dino_cfg import ROOT, tiny_dino_cfg, tiny_method_cfg
 from testing_utils import load_tool
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmselfsup_vmf.engine.hooks import DivergenceGuardHook
 from mmselfsup_vmf.engine.hooks.divergence_guard import nonfinite_tensors

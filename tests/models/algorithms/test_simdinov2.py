@@ -10,10 +10,8 @@ from mmengine.optim import build_optim_wrapper as mmengine_build_optim_wrapper
 from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+from test_simdino import knn_before_after, official_simdino_loss, resume_is_exact  # noqa: F401
 from torch import nn
-
-from test_simdino import (knn_before_after, official_simdino_loss,  # noqa: F401
-                          resume_is_exact)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 DEMO = osp.join(REPO, 'configs', 'simdinov2', 'demo_fashion-mnist.py')

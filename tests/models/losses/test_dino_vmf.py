@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from mmselfsup_vmf.models.heads import DINOHead
-from mmselfsup_vmf.models.losses import (DINOLoss, LogitCenter, PrototypeDistillation,
-                                         iBOTPatchLoss, prototype_logits)
+from mmselfsup_vmf.models.losses import (
+    DINOLoss,
+    LogitCenter,
+    PrototypeDistillation,
+    iBOTPatchLoss,
+    prototype_logits,
+)
 
 # docs/methods.md#reference-values-for-the-vmf-tests (mpmath, 60 digits): log C_256 at the
 # student's reference kappa 1/tau = 10

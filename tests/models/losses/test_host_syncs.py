@@ -12,8 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmselfsup_vmf.models.losses import (DINOLoss, SimDINOLoss, coding_rate, iBOTPatchLoss,
-                                         numerics, vmf_log_normalizer)
+from mmselfsup_vmf.models.losses import (
+    DINOLoss,
+    SimDINOLoss,
+    coding_rate,
+    iBOTPatchLoss,
+    numerics,
+    vmf_log_normalizer,
+)
 
 
 class CountHostReads(TorchDispatchMode):

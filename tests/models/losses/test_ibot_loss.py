@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mmselfsup_vmf.models.losses import (DINOLoss, iBOTPatchLoss,
-                                         masked_patch_cross_entropy)
+from mmselfsup_vmf.models.losses import DINOLoss, iBOTPatchLoss, masked_patch_cross_entropy
 
 LN2 = math.log(2.0)
 # Hand-derived cross-entropies -sum_k q_k log p_k for K = 2:
@@ -63,7 +62,8 @@ def test_patch_loss_averages_masked_patches_then_batch_then_views():
     assert float(loss) == pytest.approx(expected, rel=1e-12)
     # flattened (B, N) masks give the same result
     flat = [m.flatten(1) for m in masks]
-    assert float(loss_fn(student, teacher, flat, 1.0)['loss_patch']) == pytest.approx(expected, rel=1e-12)
+    loss = loss_fn(student, teacher, flat, 1.0)['loss_patch']
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
 
 
 def test_patch_loss_temperatures_scale_scores():
@@ -172,7 +172,9 @@ def _run_losses(rows):
     patch_logit = iBOTPatchLoss(K_PATCH, centering='logit')
     losses = []
     for s_cls, t_cls, s_patch, t_patch, masks in _batches():
-        pick = (lambda views: [v[rows] for v in views])
+        def pick(views):
+            return [v[rows] for v in views]
+
         losses.append([
             float(cls_loss(pick(s_cls), pick(t_cls), 0.05, cls_norms, cls_norms)['loss_dino']),
             float(patch_prob(pick(s_patch), pick(t_patch), pick(masks), 0.06, patch_norms,

@@ -18,9 +18,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
 
-from mmselfsup_vmf.models.losses import (SimDINOLoss, masked_patch_cosine_loss,
-                                         masked_patch_cosine_loss_gathered,
-                                         patch_mask_weights)
+from mmselfsup_vmf.models.losses import (
+    SimDINOLoss,
+    masked_patch_cosine_loss,
+    masked_patch_cosine_loss_gathered,
+    patch_mask_weights,
+)
 
 
 # ---------------------------------------------------------------- numpy reference

@@ -8,8 +8,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmselfsup_vmf.models.utils import (all_reduce_mean, differentiable_all_reduce_sum,
-                                        global_batch_size, is_distributed, world_size)
+from mmselfsup_vmf.models.utils import (
+    all_reduce_mean,
+    differentiable_all_reduce_sum,
+    global_batch_size,
+    is_distributed,
+    world_size,
+)
 
 
 def test_single_process_is_a_no_op():

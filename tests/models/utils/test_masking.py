@@ -7,8 +7,12 @@ from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS, TRANSFORMS
 from scipy import ndimage
 
-from mmselfsup_vmf.models.utils.masking import (block_mask, generate_masks, ibot_mask_ratios,
-                                                stratified_mask_ratios)
+from mmselfsup_vmf.models.utils.masking import (
+    block_mask,
+    generate_masks,
+    ibot_mask_ratios,
+    stratified_mask_ratios,
+)
 
 GRID = (14, 14)
 N = 196
