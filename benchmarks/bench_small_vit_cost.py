@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     import mmselfsup_vmf  # noqa: F401
     init_default_scope('mmpretrain')
     MMLogger.get_instance('mmengine').setLevel(logging.WARNING)
-    for spec in args.candidates:
-        method, *sizes = spec.split(',')
+    for candidate in args.candidates:
+        method, *sizes = candidate.split(',')
         model_ms, data_ms, params = measure(method, *map(int, sizes), iters=args.iters)
         patch, width, depth, num_local, local_size = sizes
         print(f'{method:10s} patch {patch} width {width} depth {depth} local {num_local}x'

@@ -33,7 +33,8 @@ DOC_FILE = re.compile(r'\bdocs/([\w.-]+\.md)\b')
 LOCAL_ANCHOR = re.compile(r'\]\(#([\w-]+)\)')
 HEADING = re.compile(r'^ {0,3}(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$')
 FENCE = re.compile(r'^ {0,3}(```|~~~)')
-SKIP_DIRS = {'.git', '.venv', 'work_dirs', 'data', '__pycache__', '.pytest_cache'}
+SKIP_DIRS = {'.git', '.venv', 'work_dirs', 'data', '__pycache__', '.pytest_cache',
+             'results'}  # benchmarks/results: the study driver's data files
 
 
 def github_slug(text: str) -> str:
@@ -83,6 +84,8 @@ def tracked_text_files():
             paths += [os.path.relpath(os.path.join(root, f), REPO) for f in files]
     texts = {}
     for path in paths:
+        if any(part in SKIP_DIRS for part in path.split('/')[:-1]):
+            continue
         full = os.path.join(REPO, path)
         if not os.path.isfile(full):
             continue

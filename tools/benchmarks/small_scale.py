@@ -73,13 +73,13 @@ def tuned_overrides(out_dir: str, method: str) -> Dict:
     """The sweep's best grid point of ``method`` (highest k-NN top-1; ties: first in grid
     order), as lr / momentum overrides; {} (the config's values) before the sweep ran."""
     best, best_knn = {}, None
-    for spec in sweep_runs(parse_args(['--experiment', 'sweep', '--methods', method])):
-        result = read_result(osp.join(out_dir, 'sweep', 'runs', spec['name'] + '.json'))
+    for run_spec in sweep_runs(parse_args(['--experiment', 'sweep', '--methods', method])):
+        result = read_result(osp.join(out_dir, 'sweep', 'runs', run_spec['name'] + '.json'))
         if result is None:
             continue
         if best_knn is None or result['knn_top1'] > best_knn:
             best_knn = result['knn_top1']
-            best = {k: spec['overrides'][k] for k in (LR, MOMENTUM)}
+            best = {k: run_spec['overrides'][k] for k in (LR, MOMENTUM)}
     return best
 
 
@@ -132,16 +132,16 @@ EXPERIMENTS = dict(study=study_runs, sweep=sweep_runs, robustness=robustness_run
                    smoke=smoke_runs)
 
 
-def resolve_lr_factor(spec: dict) -> dict:
+def resolve_lr_factor(run_spec: dict) -> dict:
     """Turn ``lr_factor`` into an absolute lr: factor x the method config's (tuned) lr."""
-    factor = spec['overrides'].pop('lr_factor', None)
+    factor = run_spec['overrides'].pop('lr_factor', None)
     if factor is not None:
-        base_lr = spec['overrides'].get(LR)
+        base_lr = run_spec['overrides'].get(LR)
         if base_lr is None:
             from mmengine.config import Config
-            base_lr = Config.fromfile(osp.join(ROOT, spec['config'])).optim_wrapper.optimizer.lr
-        spec['overrides'][LR] = base_lr * factor
-    return spec
+            base_lr = Config.fromfile(osp.join(ROOT, run_spec['config'])).optim_wrapper.optimizer.lr
+        run_spec['overrides'][LR] = base_lr * factor
+    return run_spec
 
 
 def read_result(path: str):
@@ -158,13 +158,13 @@ def format_seconds(seconds: float) -> str:
         f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def launch(spec: dict, result_path: str, log_path: str, in_process: bool) -> bool:
+def launch(run_spec: dict, result_path: str, log_path: str, in_process: bool) -> bool:
     if in_process:
         from small_scale_run import run_one
-        run_one(spec, result_path)
+        run_one(run_spec, result_path)
         return True
-    spec_path = osp.join(spec['work_dir'], 'spec.json')
-    write_json_atomic(spec_path, spec)
+    spec_path = osp.join(run_spec['work_dir'], 'run_spec.json')
+    write_json_atomic(spec_path, run_spec)
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1')
     code = ('import json, sys; sys.path.insert(0, sys.argv[1]); from small_scale_run import '
             'run_one; run_one(json.load(open(sys.argv[2])), sys.argv[3])')
@@ -208,17 +208,17 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
     torch.set_num_threads(1)
-    specs = [resolve_lr_factor(s) for s in EXPERIMENTS[args.experiment](args)]
+    run_specs = [resolve_lr_factor(s) for s in EXPERIMENTS[args.experiment](args)]
     if args.only:
-        specs = [s for s in specs if s['name'] in args.only]
+        run_specs = [s for s in run_specs if s['name'] in args.only]
     exp_dir = osp.join(args.out, args.experiment)
     runs_dir = osp.join(exp_dir, 'runs')
     os.makedirs(runs_dir, exist_ok=True)
-    pending = [s for s in specs if read_result(osp.join(runs_dir, s['name'] + '.json')) is None]
-    print(f'{args.experiment}: {len(specs)} runs, {len(specs) - len(pending)} finished, '
+    pending = [s for s in run_specs if read_result(osp.join(runs_dir, s['name'] + '.json')) is None]
+    print(f'{args.experiment}: {len(run_specs)} runs, {len(run_specs) - len(pending)} finished, '
           f'{len(pending)} to run (results in {runs_dir})', flush=True)
     if args.list:
-        for s in specs:
+        for s in run_specs:
             state = 'pending' if s in pending else 'done'
             print(f'  {s["name"]:40s} {state}  {s["overrides"]}')
         return 0
@@ -227,24 +227,24 @@ def main(argv=None) -> int:
     if not args.report:
         raw_pixel_result(args.out, args.experiment == 'smoke')  # once, kept in <out>
         durations = []
-        for i, spec in enumerate(pending):
-            spec.update(work_dir=osp.join(args.work_root, args.experiment, spec['name']),
+        for i, run_spec in enumerate(pending):
+            run_spec.update(work_dir=osp.join(args.work_root, args.experiment, run_spec['name']),
                         command=command)
-            os.makedirs(spec['work_dir'], exist_ok=True)
-            result_path = osp.join(runs_dir, spec['name'] + '.json')
+            os.makedirs(run_spec['work_dir'], exist_ok=True)
+            result_path = osp.join(runs_dir, run_spec['name'] + '.json')
             eta = (f', ETA {format_seconds(sum(durations) / len(durations) * (len(pending) - i))}'
                    if durations else '')
             print(f'[{datetime.datetime.now():%H:%M:%S}] run {i + 1}/{len(pending)} '
-                  f'{spec["name"]} (load {os.getloadavg()[0]:.2f}{eta}); log: '
-                  f'{spec["work_dir"]}/driver.log', flush=True)
+                  f'{run_spec["name"]} (load {os.getloadavg()[0]:.2f}{eta}); log: '
+                  f'{run_spec["work_dir"]}/driver.log', flush=True)
             start = time.time()
-            ok = launch(spec, result_path, osp.join(spec['work_dir'], 'driver.log'),
+            ok = launch(run_spec, result_path, osp.join(run_spec['work_dir'], 'driver.log'),
                         args.in_process)
             durations.append(time.time() - start)
             result = read_result(result_path) if ok else None
             if result is None:
-                failed.append(spec['name'])
-                print(f'  FAILED: see {spec["work_dir"]}/driver.log', flush=True)
+                failed.append(run_spec['name'])
+                print(f'  FAILED: see {run_spec["work_dir"]}/driver.log', flush=True)
             else:
                 print(f'  k-NN {result["knn_top1"]:.2f}  linear {result["linear_top1"]:.2f}  '
                       f'({format_seconds(result["wall_seconds"])}, '

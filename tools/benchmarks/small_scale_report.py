@@ -25,7 +25,7 @@ METHOD_NAMES = dict(dino='DINO', dino_vmf='DINO-vMF', ibot='iBOT', ibot_vmf='iBO
 
 def group_name(run: dict) -> str:
     """Runs that differ only by seed share a group ('dino_s1' -> 'dino')."""
-    name, seed = run['spec']['name'], run['spec']['seed']
+    name, seed = run['run_spec']['name'], run['run_spec']['seed']
     suffix = f'_s{seed}'
     return name[:-len(suffix)] if name.endswith(suffix) else name
 
@@ -33,7 +33,7 @@ def group_name(run: dict) -> str:
 def load_runs(exp_dir: str) -> List[dict]:
     runs = []
     for path in sorted(glob.glob(osp.join(exp_dir, 'runs', '*.json'))):
-        if path.endswith('.spec.json'):
+        if path.endswith('.run_spec.json'):
             continue
         with open(path) as f:
             runs.append(json.load(f))
@@ -49,14 +49,14 @@ def mean_std(values: List[float]) -> str:
 def summarise(runs: List[dict]) -> 'OrderedDict[str, dict]':
     groups: 'OrderedDict[str, List[dict]]' = OrderedDict()
     order = {m: i for i, m in enumerate(METHOD_NAMES)}
-    for run in sorted(runs, key=lambda r: (order.get(r['spec']['method'], 99), r['spec']['name'])):
+    for run in sorted(runs, key=lambda r: (order.get(r['run_spec']['method'], 99), r['run_spec']['name'])):
         groups.setdefault(group_name(run), []).append(run)
     summary = OrderedDict()
     for name, members in groups.items():
-        spec = members[0]['spec']
+        run_spec = members[0]['run_spec']
         summary[name] = dict(
-            method=spec['method'], overrides=spec['overrides'], epochs=spec['epochs'],
-            seeds=sorted(r['spec']['seed'] for r in members),
+            method=run_spec['method'], overrides=run_spec['overrides'], epochs=run_spec['epochs'],
+            seeds=sorted(r['run_spec']['seed'] for r in members),
             knn_top1=[r['knn_top1'] for r in members],
             linear_top1=[r['linear_top1'] for r in members],
             wall_minutes=[r['wall_seconds'] / 60 for r in members],
@@ -129,7 +129,7 @@ def plot_prototype_usage(runs: List[dict], out: str) -> str:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), dpi=100)
     for run in with_usage:
         hist = run['prototype_usage']['history']
-        label = run['spec']['name']
+        label = run['run_spec']['name']
         epochs = [h['iter'] / run['iters_per_epoch'] for h in hist]
         axes[0].plot(epochs, [h['effective_number'] for h in hist], label=label)
         axes[1].plot(epochs, [h['distinct_argmax'] for h in hist], label=label)

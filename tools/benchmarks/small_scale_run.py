@@ -1,6 +1,6 @@
 """One run of the small-scale study: pre-train with mmengine's Runner, evaluate the teacher.
 
-``run_one(spec, result_path)`` builds the method's config (``configs/benchmarks/small_scale/``)
+``run_one(run_spec, result_path)`` builds the method's config (``configs/benchmarks/small_scale/``)
 with the run's overrides, seed and epoch budget, trains it (resuming from the work dir's last
 checkpoint if a previous session was stopped), then evaluates the teacher's CLS features:
 
@@ -53,27 +53,27 @@ def set_epochs(cfg, epochs: int, warmup_epochs: int = 1) -> None:
     cfg.param_scheduler = [s for s in cfg.param_scheduler if s['end'] > s.get('begin', 0)]
 
 
-def build_cfg(spec: dict):
+def build_cfg(run_spec: dict):
     """The run's Config: method config + overrides + seed + budget + work dir + probes."""
     from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(ROOT, spec['config']))
-    if spec.get('overrides'):
-        cfg.merge_from_dict(spec['overrides'])
+    cfg = Config.fromfile(osp.join(ROOT, run_spec['config']))
+    if run_spec.get('overrides'):
+        cfg.merge_from_dict(run_spec['overrides'])
     for hook in cfg.custom_hooks:  # the k-NN hook evaluates on the (overridden) k-NN sets
         if hook['type'] == 'KNNHook':
             hook.update(train_dataloader=cfg.knn_train_dataloader,
                         val_dataloader=cfg.knn_val_dataloader)
-    if not spec.get('knn_hook', True):  # only the final evaluation (short sweep trials)
+    if not run_spec.get('knn_hook', True):  # only the final evaluation (short sweep trials)
         cfg.custom_hooks = [h for h in cfg.custom_hooks if h['type'] != 'KNNHook']
-    set_epochs(cfg, int(spec['epochs']))
-    cfg.randomness = dict(seed=int(spec['seed']), deterministic=False)
-    cfg.work_dir = spec['work_dir']
+    set_epochs(cfg, int(run_spec['epochs']))
+    cfg.randomness = dict(seed=int(run_spec['seed']), deterministic=False)
+    cfg.work_dir = run_spec['work_dir']
     cfg.launcher = 'none'
-    if spec['method'] in PROTOTYPE_METHODS:
+    if run_spec['method'] in PROTOTYPE_METHODS:
         cfg.custom_hooks.append(dict(
             type='PrototypeUsageProbeHook', dataset=cfg.knn_val_dataloader.dataset,
-            num_images=2000, interval=max(1, int(spec.get('probe_interval', 200)))))
-    if osp.isfile(osp.join(spec['work_dir'], 'last_checkpoint')):
+            num_images=2000, interval=max(1, int(run_spec.get('probe_interval', 200)))))
+    if osp.isfile(osp.join(run_spec['work_dir'], 'last_checkpoint')):
         cfg.resume = True
     return cfg
 
@@ -150,7 +150,7 @@ def evaluate_features(train, test) -> dict:
                 linear_seconds=time.time() - start)
 
 
-def run_one(spec: dict, result_path: str) -> dict:
+def run_one(run_spec: dict, result_path: str) -> dict:
     import torch
     torch.set_num_threads(1)
     import small_scale_hooks  # noqa: F401  (registers PrototypeUsageProbeHook)
@@ -160,8 +160,8 @@ def run_one(spec: dict, result_path: str) -> dict:
     from mmselfsup_vmf.engine.hooks.knn_hook import KNNHook
     load_start = os.getloadavg()
     started = datetime.datetime.now().isoformat(timespec='seconds')
-    cfg = build_cfg(spec)
-    timing_path = osp.join(spec['work_dir'], 'timing.json')
+    cfg = build_cfg(run_spec)
+    timing_path = osp.join(run_spec['work_dir'], 'timing.json')
     previous = {'train_seconds': 0.0, 'knn_hook_seconds': 0.0, 'sessions': 0}
     if cfg.get('resume') and osp.isfile(timing_path):
         with open(timing_path) as f:
@@ -187,16 +187,16 @@ def run_one(spec: dict, result_path: str) -> dict:
     batch = cfg.train_dataloader.batch_size
     iters_per_epoch = len(runner.train_dataloader)
     pure_train_s = max(train_s - knn_hook_s, 1e-9)
-    curve = read_log_series(spec['work_dir'], ['knn/top1'])['knn/top1']
-    logged = read_log_series(spec['work_dir'], ['teacher_unique_argmax', 'teacher_entropy',
+    curve = read_log_series(run_spec['work_dir'], ['knn/top1'])['knn/top1']
+    logged = read_log_series(run_spec['work_dir'], ['teacher_unique_argmax', 'teacher_entropy',
                                                 'loss'])
-    usage_path = osp.join(spec['work_dir'], 'prototype_usage.json')
+    usage_path = osp.join(run_spec['work_dir'], 'prototype_usage.json')
     usage = None
     if osp.isfile(usage_path):
         with open(usage_path) as f:
             usage = json.load(f)
     result.update(
-        spec={k: v for k, v in spec.items() if k != 'work_dir'},
+        run_spec={k: v for k, v in run_spec.items() if k != 'work_dir'},
         knn_curve=[[x / iters_per_epoch, v] for x, v in curve],
         train_log={k: v[::max(1, len(v) // 200)] for k, v in logged.items()},
         prototype_usage=usage,
@@ -209,7 +209,7 @@ def run_one(spec: dict, result_path: str) -> dict:
         loadavg_start=list(load_start), loadavg_end=list(os.getloadavg()),
         started=started, finished=datetime.datetime.now().isoformat(timespec='seconds'),
         git_commit=_git_commit(), torch_threads=torch.get_num_threads(),
-        command=spec.get('command'))
+        command=run_spec.get('command'))
     write_json_atomic(result_path, result)
     return result
 

@@ -178,11 +178,9 @@ class StopOnSignalHook(Hook):
         signum = self._stop_requested()
         if not signum:
             return
-        hook = self._checkpoint_hook(runner)
-        name = f'epoch_{runner.epoch + 1}.pth'
-        if hook is not None and hook.last_ckpt and osp.basename(hook.last_ckpt) == name:
-            self._exit(runner, signum, hook.last_ckpt, runner.iter)  # the hook saved it
-        self._save_and_exit(runner, signum, name,
+        # (re)written with the interruption in its meta, also when the checkpoint hook has
+        # just saved this epoch
+        self._save_and_exit(runner, signum, f'epoch_{runner.epoch + 1}.pth',
                             dict(epoch=runner.epoch + 1, iter=runner.iter))
 
     @staticmethod
