@@ -49,7 +49,10 @@ def mean_std(values: List[float]) -> str:
 def summarise(runs: List[dict]) -> 'OrderedDict[str, dict]':
     groups: 'OrderedDict[str, List[dict]]' = OrderedDict()
     order = {m: i for i, m in enumerate(METHOD_NAMES)}
-    for run in sorted(runs, key=lambda r: (order.get(r['run_spec']['method'], 99), r['run_spec']['name'])):
+    def sort_key(r):
+        return order.get(r['run_spec']['method'], 99), r['run_spec']['name']
+
+    for run in sorted(runs, key=sort_key):
         groups.setdefault(group_name(run), []).append(run)
     summary = OrderedDict()
     for name, members in groups.items():
