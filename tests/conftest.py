@@ -45,6 +45,8 @@ def pytest_sessionfinish(session, exitstatus):
     exit handler waiting; kill them when the session ends."""
     import multiprocessing
     import signal
+    # torch's SIGCHLD handler would raise for a worker killed here
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in multiprocessing.active_children():
         if child.daemon:
             os.kill(child.pid, signal.SIGKILL)

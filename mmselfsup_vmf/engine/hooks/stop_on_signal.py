@@ -72,10 +72,12 @@ def stop_loader_workers() -> None:
     # workers whose iterator is already gone (torch's terminate() was ignored): without this,
     # multiprocessing's exit handler would join them forever. It would terminate every daemon
     # child anyway; SIGKILL is that, for children that ignore SIGTERM.
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            os.kill(child.pid, signal.SIGKILL)
-            child.join(timeout=5)
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children:  # torch's SIGCHLD handler would raise for a worker killed here
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=5)
 
 
 atexit.register(stop_loader_workers)
