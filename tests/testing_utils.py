@@ -35,3 +35,11 @@ def mmengine_messages():
         yield records
     finally:
         logger.removeHandler(handler)
+
+
+def start_ranks(fn, nprocs: int, args=(), join: bool = True):
+    """``torch.multiprocessing.spawn`` (``fn(index, *args)`` per process, a child's error
+    re-raised here) with forked processes: they inherit this process's imports, where a
+    spawned one re-imports torch, mmengine and mmpretrain first (seconds per process)."""
+    import torch.multiprocessing as mp
+    return mp.start_processes(fn, args=args, nprocs=nprocs, join=join, start_method='fork')

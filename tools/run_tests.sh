@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 PY=$(bash tools/install.sh cpu,tests)
 echo "[lint] ruff check (settings in pyproject.toml)"
 "$PY" -m ruff check .
-exec "$PY" -m pytest -q "$@"
+exec "$PY" -m pytest -q --durations=15 "$@"

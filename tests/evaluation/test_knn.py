@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+from testing_utils import start_ranks
 
 from mmselfsup_vmf.evaluation import extract_features, knn_accuracy, weighted_knn_classify
 
@@ -228,7 +228,6 @@ def _dist_worker(rank, world_size, port, out_dir):
 
     import torch.distributed as dist
 
-    import mmselfsup_vmf  # noqa: F401  (registers SklearnDigits in a spawned process)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                             world_size=world_size, timeout=timedelta(seconds=120))
     try:
@@ -245,15 +244,15 @@ def _dist_worker(rank, world_size, port, out_dir):
         dist.destroy_process_group()
 
 
-def _spawned_rank1(_, *args):
+def _forked_rank1(_, *args):
     torch.set_num_threads(1)
     _dist_worker(1, *args)
 
 
 def test_extract_features_gathers_across_two_ranks_in_dataset_order(tmp_path):
-    # Rank 0 runs in this process (already imported), rank 1 is spawned: half the start-up.
+    # Rank 0 runs in this process, rank 1 in a forked one.
     args = (2, _free_port(), str(tmp_path))
-    ctx = mp.spawn(_spawned_rank1, args=args, nprocs=1, join=False)
+    ctx = start_ranks(_forked_rank1, args=args, nprocs=1, join=False)
     try:
         _dist_worker(0, *args)
     finally:

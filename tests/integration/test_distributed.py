@@ -8,7 +8,7 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from testing_utils import start_ranks
 
 from mmselfsup_vmf.models.losses import DINOLoss
 
@@ -61,9 +61,9 @@ def _worker(rank, world, port, out_dir):
 
 @pytest.fixture(scope='module')
 def two_rank_results():
-    """One spawn (the children's imports dominate the cost) for both centrings."""
+    """One pair of ranks for both centrings."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, nprocs=2, join=True, args=(2, _free_port(), out_dir))
+        start_ranks(_worker, nprocs=2, join=True, args=(2, _free_port(), out_dir))
         return [torch.load(os.path.join(out_dir, f'rank{r}.pt')) for r in range(2)]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from testing_utils import start_ranks
 
 from mmselfsup_vmf.models.losses import coding_rate
 
@@ -244,7 +244,7 @@ def test_two_ranks_reduce_cov_and_official_per_rank_semantics():
     x_global = torch.tensor(np.random.default_rng(4).standard_normal((8, 5)))
     weight = torch.tensor(np.random.default_rng(5).standard_normal((5, 6)) / 3)
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_two_rank_worker, nprocs=world, join=True,
+        start_ranks(_two_rank_worker, nprocs=world, join=True,
                  args=(world, _free_port(), out_dir, z_global, x_global, weight, eps))
         outs = [torch.load(os.path.join(out_dir, f'rank{r}.pt'), weights_only=False)
                 for r in range(world)]

@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+from testing_utils import start_ranks
 
 from mmselfsup_vmf.models.losses import DINOLoss, iBOTPatchLoss, masked_patch_cross_entropy
 
@@ -209,7 +209,7 @@ def test_centres_two_process_gloo_equal_one_process(tmp_path):
     """Each rank holds half of every batch: the all-reduced centres (CLS probability centre,
     patch probability and logit centres) equal those of one process with the whole batch, and
     the mean of the two ranks' losses equals the one-process loss (equal halves)."""
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    start_ranks(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     single = _run_losses(slice(0, BATCH))
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     for key in ('cls', 'patch_prob', 'patch_logit'):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
+from testing_utils import start_ranks
 
 from mmselfsup_vmf.models.losses import (
     SimDINOLoss,
@@ -225,7 +225,7 @@ def test_two_ranks_official_semantics_and_reduce_cov():
     world = 2
     student_raw, teacher_raw = raw_outputs(4, 8, 6, seed=11)
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_two_rank_worker, nprocs=world, join=True,
+        start_ranks(_two_rank_worker, nprocs=world, join=True,
                  args=(world, _free_port(), out_dir, torch.tensor(student_raw),
                        torch.tensor(teacher_raw)))
         outs = [torch.load(os.path.join(out_dir, f'rank{r}.pt'), weights_only=False)

@@ -6,7 +6,7 @@ import tempfile
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from testing_utils import start_ranks
 
 from mmselfsup_vmf.models.utils import (
     all_reduce_mean,
@@ -66,7 +66,7 @@ def _worker(rank, world, port, out_dir):
 
 def test_two_ranks():
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, nprocs=2, join=True, args=(2, _free_port(), out_dir))
+        start_ranks(_worker, nprocs=2, join=True, args=(2, _free_port(), out_dir))
         outs = [torch.load(os.path.join(out_dir, f'rank{r}.pt')) for r in range(2)]
     for out in outs:
         assert out['is_dist'] and out['world'] == 2 and out['global_n'] == 6
