@@ -168,11 +168,12 @@ def test_http_loader_refuses(tmp_path, evil, monkeypatch):
 # --------------------------------------------------------------------------- what still loads
 @pytest.fixture(scope='module')
 def runner_checkpoints(tmp_path_factory):
-    """epoch_3.pth of a real Runner run of each method's demo config (64 images, 3 epochs
-    of 1 iteration, no k-NN)."""
+    """epoch_1.pth of a real Runner run of each method's demo config (64 images, 1 epoch of
+    1 iteration, no k-NN): every kind of state a checkpoint holds exists after one epoch."""
     out = {}
     for method in METHODS:
         cfg = Config.fromfile(osp.join(ROOT, 'configs', method, 'demo_fashion-mnist.py'))
+        cfg.train_cfg.max_epochs = 1
         cfg.train_dataloader.dataset.dataset.num_samples = 64
         cfg.train_dataloader.num_workers = 0
         cfg.train_dataloader.persistent_workers = False
@@ -180,7 +181,7 @@ def runner_checkpoints(tmp_path_factory):
         cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
         cfg.work_dir = str(tmp_path_factory.mktemp(method))
         Runner.from_cfg(cfg).train()
-        out[method] = osp.join(cfg.work_dir, 'epoch_3.pth')
+        out[method] = osp.join(cfg.work_dir, 'epoch_1.pth')
     return out
 
 
