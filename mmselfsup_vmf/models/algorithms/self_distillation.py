@@ -13,6 +13,7 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.compile import compile_kwargs, compile_parts
@@ -59,15 +60,63 @@ class TeacherEMA(CosineEMA):
 
     max_iters: Optional[int] = None
 
-    def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
-                 steps: int) -> None:
+    def update_weight(self, steps: int) -> float:
+        """The weight 1 - m of the student in the update of call ``steps``."""
         if self.max_iters is None:
-            averaged_param.lerp_(source_param, self.momentum)
-            return
+            return self.momentum
         # CosineEMA.avg_func's cosine, at steps - 1
         cosine_annealing = (math.cos(math.pi * (steps - 1) / float(self.max_iters)) + 1) / 2
-        momentum = self.end_momentum - (self.end_momentum - self.momentum) * cosine_annealing
-        averaged_param.mul_(1 - momentum).add_(source_param, alpha=momentum)
+        return self.end_momentum - (self.end_momentum - self.momentum) * cosine_annealing
+
+    def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
+                 steps: int) -> None:
+        weight = self.update_weight(steps)
+        if self.max_iters is None:
+            averaged_param.lerp_(source_param, weight)
+        else:
+            averaged_param.mul_(1 - weight).add_(source_param, alpha=weight)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """BaseAveragedModel.update_parameters as one foreach update over the local tensors.
+
+        The parameters are looked up on every call (FSDP replaces them when it shards the
+        model) and, when FSDP2 has sharded student and teacher identically, each rank updates
+        its own shards (``DTensor.to_local``): the EMA is elementwise, so no communication.
+        The arithmetic is ``avg_func``'s, tensor by tensor.
+        """
+        source = dict(model.named_parameters())
+        averaged, sources = [], []
+        for name, avg in self.module.named_parameters():
+            if not avg.dtype.is_floating_point:
+                continue
+            avg_local, src_local = local_shard(avg), local_shard(source[name])
+            if type(avg) is not type(source[name]) or avg_local.shape != src_local.shape:
+                raise RuntimeError(
+                    f'teacher parameter {name!r} ({type(avg).__name__} '
+                    f'{tuple(avg_local.shape)}) and its student parameter '
+                    f'({type(source[name]).__name__} {tuple(src_local.shape)}) are not '
+                    'sharded alike; shard student and teacher with the same units')
+            averaged.append(avg_local)
+            sources.append(src_local)
+        steps = int(self.steps)
+        if steps == 0:
+            torch._foreach_copy_(averaged, sources)
+        elif steps % self.interval == 0 and averaged:
+            weight = self.update_weight(steps)
+            if self.max_iters is None:
+                torch._foreach_lerp_(averaged, sources, weight)
+            else:
+                torch._foreach_mul_(averaged, 1 - weight)
+                torch._foreach_add_(averaged, sources, alpha=weight)
+        for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
+            b_avg.data.copy_(b_src.data.to(b_avg.device))
+        self.steps += 1
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank stores: a DTensor's local shard (aliasing it), else ``tensor``."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class SelfDistillation(BaseSelfSupervisor):
