@@ -15,16 +15,19 @@ schedulers, checkpoint layout) with two differences:
   read them unchanged.
 """
 import re
+import time
 from typing import Callable, Dict, List, Optional
 
+import mmengine
 import torch
 from mmengine._strategy import DDPStrategy
-from mmengine._strategy.single_device import SingleDeviceStrategy
 from mmengine.device import get_device
-from mmengine.dist import is_main_process
+from mmengine.dist import is_distributed, is_main_process
 from mmengine.model import BaseModel
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import STRATEGIES
+from mmengine.runner.checkpoint import save_checkpoint
+from mmengine.utils import get_git_hash
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -139,6 +142,19 @@ class FSDP2Strategy(DDPStrategy):
         self.mp_policy = mixed_precision_policy(mixed_precision)
         self.reshard_after_forward = bool(reshard_after_forward)
 
+    def _setup_distributed(self, launcher: str = 'pytorch', backend: str = 'nccl',
+                           **kwargs) -> None:
+        if is_distributed():
+            return
+        if launcher == 'pytorch' and not torch.cuda.is_available():
+            # mmengine's init_dist selects a CUDA device; a CPU run needs the process group only
+            if backend != 'gloo':
+                raise ValueError(f"env_cfg.dist_cfg.backend={backend!r} needs a GPU; use "
+                                 "'gloo' on a CPU")
+            torch.distributed.init_process_group(backend='gloo', **kwargs)
+            return
+        super()._setup_distributed(launcher, backend, **kwargs)
+
     def _wrap_model(self, model: nn.Module) -> nn.Module:
         if not isinstance(model, BaseModel):
             raise TypeError(f'FSDP2Strategy needs an mmengine BaseModel, got {type(model)}')
@@ -174,16 +190,27 @@ class FSDP2Strategy(DDPStrategy):
     def save_checkpoint(self, filename: str, *, save_optimizer: bool = True,
                         save_param_scheduler: bool = True, extra_ckpt: Optional[dict] = None,
                         callback: Optional[Callable] = None) -> None:
-        """Every rank gathers the full state dicts (collectives); rank 0 writes the file."""
-        if is_main_process():
-            SingleDeviceStrategy.save_checkpoint(
-                self, filename, save_optimizer=save_optimizer,
-                save_param_scheduler=save_param_scheduler, extra_ckpt=extra_ckpt,
-                callback=callback)
-            return
-        self.model_state_dict()  # the same collectives, in the same order, as rank 0
+        """mmengine's checkpoint layout (SingleDeviceStrategy.save_checkpoint), assembled on
+        every rank: the full state dicts are collectives, and so may be the
+        ``before_save_checkpoint`` hooks the callback runs (RandomStateHook gathers every
+        rank's RNG state), which DDPStrategy would run on rank 0 only. Rank 0 writes the
+        file atomically (a killed writer leaves the previous file)."""
+        checkpoint = dict(state_dict=self.model_state_dict())
         if save_optimizer and hasattr(self, 'optim_wrapper'):
-            self.optim_state_dict()
+            checkpoint['optimizer'] = self.optim_state_dict()
+        if save_param_scheduler and hasattr(self, 'param_schedulers'):
+            checkpoint['param_schedulers'] = self.scheduler_state_dict()
+        extra_ckpt = dict(extra_ckpt or {})
+        extra_ckpt['meta'] = dict(extra_ckpt.get('meta') or {}, seed=self.seed,
+                                  time=time.strftime('%Y%m%d_%H%M%S', time.localtime()),
+                                  mmengine=mmengine.__version__ + get_git_hash())
+        checkpoint.update(extra_ckpt)
+        if callback is not None:
+            callback(checkpoint)
+        if is_main_process():
+            local = '://' not in str(filename)
+            save_checkpoint(checkpoint, filename,
+                            backend_args=dict(backend='atomic_local') if local else None)
 
     def load_model_state_dict(self, state_dict: dict, *, strict: bool = False,
                               revise_keys: list = [(r'^module.', '')]) -> None:

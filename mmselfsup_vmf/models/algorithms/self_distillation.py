@@ -13,10 +13,10 @@ from mmpretrain.models.selfsup.base import BaseSelfSupervisor
 from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.compile import compile_kwargs, compile_parts
+from ..utils.dist import local_shard
 from ..utils.schedules import teacher_temperature
 
 
@@ -112,11 +112,6 @@ class TeacherEMA(CosineEMA):
         for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
             b_avg.data.copy_(b_src.data.to(b_avg.device))
         self.steps += 1
-
-
-def local_shard(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank stores: a DTensor's local shard (aliasing it), else ``tensor``."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class SelfDistillation(BaseSelfSupervisor):
