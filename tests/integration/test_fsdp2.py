@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from mmengine import dist as mm_dist
 from mmengine.registry import DefaultScope
 from mmengine.runner.checkpoint import _load_checkpoint
 from mmpretrain.registry import MODELS
@@ -122,7 +123,11 @@ def _worker(rank, world, port, out_dir):
             out[method] = run_steps(method, model, optim_wrapper, rows,
                                     strategy.model_state_dict, STEPS - 1)
             ckpt = os.path.join(out_dir, f'{method}.pth')
-            strategy.save_checkpoint(ckpt, extra_ckpt=dict(meta=dict(iter=STEPS - 1)))
+            # the runner's callback runs the before_save_checkpoint hooks; some gather
+            # from every rank (RandomStateHook), so every rank must run it
+            strategy.save_checkpoint(
+                ckpt, extra_ckpt=dict(meta=dict(iter=STEPS - 1)),
+                callback=lambda c: c.update(ranks=mm_dist.all_gather_object(rank)))
             # a fresh model and strategy resume the checkpoint and take the last step
             resumed = _strategy(out_dir)
             model2, optim_wrapper2 = resumed.prepare(build_model(cfg, seed=1),
@@ -191,6 +196,7 @@ def test_two_fsdp_ranks_equal_one_process(method, fsdp_results, tmp_path):
     ckpt = ckpts[method]
     model.load_state_dict(ckpt['state_dict'], strict=True)
     assert all(isinstance(k, int) for k in ckpt['optimizer']['state'])
+    assert ckpt['ranks'] == [0, 1]
     # resumed on fresh shards, the last step equals the uninterrupted 1-process step
     torch.testing.assert_close((sharded['resumed_loss'] + losses1[-1]) / 2, ref['losses'][-1],
                                **LOSS_TOL)
