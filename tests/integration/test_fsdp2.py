@@ -22,6 +22,7 @@ from mmpretrain.structures import DataSample
 from tiny_dino_cfg import tiny_dino_cfg, tiny_method_cfg
 
 METHODS = ('dino', 'simdinov2')
+RESUMED = ('simdinov2',)  # resuming is method-independent; one keeps the test short
 BATCH, STEPS, MAX_ITERS = 4, 3, 10
 # AdamW divides by sqrt(v) + eps: a gradient entry near eps turns the float64 rounding of a
 # different summation order (reduce-scatter vs one batch) into ~1e-9 of weight, far below a
@@ -128,6 +129,8 @@ def _worker(rank, world, port, out_dir):
             strategy.save_checkpoint(
                 ckpt, extra_ckpt=dict(meta=dict(iter=STEPS - 1)),
                 callback=lambda c: c.update(ranks=mm_dist.all_gather_object(rank)))
+            if method not in RESUMED:
+                continue
             # a fresh model and strategy resume the checkpoint and take the last step
             resumed = _strategy(out_dir)
             model2, optim_wrapper2 = resumed.prepare(build_model(cfg, seed=1),
@@ -140,7 +143,7 @@ def _worker(rank, world, port, out_dir):
         if rank == 0:
             torch.save(out, os.path.join(out_dir, 'rank0.pt'))
         else:
-            torch.save({m: out[m]['losses'] + [out[m]['resumed_loss']] for m in METHODS},
+            torch.save({m: out[m]['losses'] + [out[m].get('resumed_loss')] for m in METHODS},
                        os.path.join(out_dir, 'rank1.pt'))
     finally:
         dist.destroy_process_group()
@@ -197,6 +200,8 @@ def test_two_fsdp_ranks_equal_one_process(method, fsdp_results, tmp_path):
     model.load_state_dict(ckpt['state_dict'], strict=True)
     assert all(isinstance(k, int) for k in ckpt['optimizer']['state'])
     assert ckpt['ranks'] == [0, 1]
+    if method not in RESUMED:
+        return
     # resumed on fresh shards, the last step equals the uninterrupted 1-process step
     torch.testing.assert_close((sharded['resumed_loss'] + losses1[-1]) / 2, ref['losses'][-1],
                                **LOSS_TOL)
