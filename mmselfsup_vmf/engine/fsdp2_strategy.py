@@ -92,6 +92,10 @@ def shard_model(model: nn.Module, **fsdp_kwargs) -> nn.Module:
     for unit in units:
         fully_shard(unit, **fsdp_kwargs)
     fully_shard(model, **fsdp_kwargs)
+    # FSDP2 makes the first module whose forward runs the root; a k-NN probe calling the
+    # teacher backbone before the first training step would take that role and break the
+    # training forward, so the root is fixed now (torch has no public call for this)
+    fully_shard.state(model)._lazy_init()
     return model
 
 
