@@ -1,8 +1,8 @@
 # SimDINOv2 ViT-L/16 as vit-l16_8xb128.py, with student and teacher sharded over the GPUs by
-# FSDP2 (docs/benchmarks.md#fsdp-sharded-training): mmengine's FlexibleRunner with this
-# project's FSDP2Strategy. Per GPU it holds 1/8 of the fp32 weights, gradients, AdamW states
-# and EMA teacher. FSDP's mixed-precision policy casts the gathered weights to bf16 for the
-# forward and backward and reduces gradients in fp32 (the official FSDP setting), so the
+# FSDP2: mmengine's FlexibleRunner with this project's FSDP2Strategy
+# (docs/benchmarks.md#fsdp-sharded-training-fsdp2strategy). Per GPU it holds 1/8 of the fp32
+# weights, gradients, AdamW states and EMA teacher. FSDP's mixed-precision policy gathers the
+# weights in bf16 for the forward and backward and reduces gradients in fp32, so the
 # optimiser wrapper needs no autocast. Checkpoints are full (unsharded) mmengine checkpoints.
 #   tools/dist_train.sh configs/simdinov2/vit-l16_8xb128_fsdp.py 8
 _base_ = './vit-l16_8xb128.py'
