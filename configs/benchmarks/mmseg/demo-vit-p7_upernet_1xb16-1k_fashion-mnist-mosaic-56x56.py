@@ -1,0 +1,95 @@
+# UperNet fine-tuning of the demo ViT (28 px, patch 7, 64-d, 4 blocks; every
+# configs/<method>/demo_fashion-mnist.py) on the embedded segmentation task: 56x56 mosaics of
+# Fashion-MNIST garments, 11 classes. The structure of
+# vit-base-p16_upernet_8xb2-160k_ade20k-512x512.py (iBOT's UperNet recipe): BEiT/iBOT
+# deconvolution pyramid on all 4 blocks (8x8 patch grid -> 32, 16, 8, 4), UperNet + FCN
+# auxiliary head, AdamW with layer-wise lr decay 0.65, linear warm-up then poly, drop-path
+# 0.1. Sized for a CPU: 32 UperNet channels, 1,000 iterations of 16 mosaics, a higher lr than
+# ADE20K's 160k-iteration 8e-5. The position embedding (4x4 grid at 28 px) is resized to
+# the 8x8 grid of 56 px when the weights are loaded.
+# tools/benchmarks/dense_fashion_mnist.py runs it on our export and on a random backbone.
+#
+#   --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/<demo run>/backbone.pth
+_base_ = [
+    'mmseg::_base_/models/upernet_mae.py',
+    '../../_base_/datasets/fashion_mnist_mosaic.py',
+    'mmseg::_base_/default_runtime.py',
+]
+custom_imports = dict(
+    imports=['mmpretrain.models', 'mmselfsup_vmf', 'mmselfsup_vmf.datasets.fashion_mnist_mosaic'],
+    allow_failed_imports=False)
+
+pretrained = 'work_dirs/backbone.pth'  # output of extract_backbone.py
+crop_size = (56, 56)
+num_layers = 4
+embed_dims = 64
+num_classes = 11
+layer_decay_rate = 0.65
+max_iters = 1000
+warmup_iters = 100
+
+data_preprocessor = dict(
+    mean=[72.9, 72.9, 72.9],  # the demo pre-training's normalisation
+    std=[90.0, 90.0, 90.0],
+    bgr_to_rgb=False,
+    size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='mmpretrain.VisionTransformer',
+        arch=dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=4,
+                  feedforward_channels=128),
+        img_size=crop_size[0],
+        patch_size=7,
+        out_indices=(0, 1, 2, 3),
+        out_type='featmap',
+        final_norm=True,
+        drop_path_rate=0.1,
+        interpolate_mode='bicubic',
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(type='Feature2Pyramid', embed_dim=embed_dims, rescales=[4, 2, 1, 0.5]),
+    decode_head=dict(in_channels=[embed_dims] * 4, channels=embed_dims // 2,
+                     num_classes=num_classes),
+    auxiliary_head=dict(in_channels=embed_dims, channels=embed_dims // 4,
+                        num_classes=num_classes),
+    test_cfg=dict(mode='whole'))
+
+# BEiT/iBOT layer decay for 4 blocks, as in the ADE20K config: lr_mult = rate ** (L + 1 -
+# depth), depth 0 for the embeddings and i + 1 for block i (the rest: 1). Here a block's
+# biases and norms keep the weight decay (one custom key per block, not per parameter).
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=dict(
+        norm_decay_mult=0.,
+        bias_decay_mult=0.,
+        custom_keys={
+            'backbone.cls_token': dict(lr_mult=layer_decay_rate**(num_layers + 1),
+                                       decay_mult=0.),
+            'backbone.pos_embed': dict(lr_mult=layer_decay_rate**(num_layers + 1),
+                                       decay_mult=0.),
+            'backbone.patch_embed': dict(lr_mult=layer_decay_rate**(num_layers + 1)),
+            'backbone.layers.0.': dict(lr_mult=layer_decay_rate**num_layers),
+            'backbone.layers.1.': dict(lr_mult=layer_decay_rate**(num_layers - 1)),
+            'backbone.layers.2.': dict(lr_mult=layer_decay_rate**(num_layers - 2)),
+            'backbone.layers.3.': dict(lr_mult=layer_decay_rate**(num_layers - 3)),
+        }))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=warmup_iters, end=max_iters,
+         by_epoch=False),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
+                    max_keep_ckpts=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+# a backbone checkpoint that does not fit model.backbone is an error (mmengine only warns)
+custom_hooks = [dict(type='PretrainedMatchHook')]
