@@ -2,8 +2,7 @@
 
 The configs are read with ``Config.fromfile`` and built with mmseg's registry. For speed the
 ViT-B/16 is shrunk to 48-d (still 12 blocks, patch 16, 512x512 inputs) and the heads'
-widths follow; everything else is the real config. (The real ViT-B UperNet takes ~3 min per
-training step on 2 CPU cores, see docs/downstream.md.)
+widths follow; everything else is the real config (the real ViT-B is meant for GPUs).
 """
 import os.path as osp
 from collections import OrderedDict

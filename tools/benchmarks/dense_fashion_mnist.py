@@ -27,8 +27,8 @@ from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
 METHODS = ('simdino', 'dino', 'dino_vmf', 'ibot', 'ibot_vmf')  # no registers: plain ViT
 SEG_CONFIGS = {
-    'linear': 'demo-vit-p7_linear-frozen_1xb16-1k_fashion-mnist-mosaic-56x56.py',
-    'upernet': 'demo-vit-p7_upernet_1xb16-1k_fashion-mnist-mosaic-56x56.py',
+    'linear': 'demo-vit-p7_linear-frozen_1xb16-1k_fashion-mnist-mosaic-28x28.py',
+    'upernet': 'demo-vit-p7_upernet_1xb16-1k_fashion-mnist-mosaic-28x28.py',
 }
 INITS = ('pretrained', 'random')
 
@@ -38,8 +38,13 @@ def parse_args(argv=None):
     p.add_argument('--method', default='simdino', choices=METHODS)
     p.add_argument('--work-dir', default='work_dirs/dense_fashion_mnist')
     p.add_argument('--pretrain-epochs', type=int, help='default: the demo config (3)')
+    p.add_argument('--pretrain-epoch-iters', type=int,
+                   help='cap each pre-training epoch at this many iterations (smoke runs)')
+    p.add_argument('--no-knn', action='store_true',
+                   help='skip the demo\'s k-NN probe before and after pre-training')
     p.add_argument('--backbone', help='an exported backbone: skip pre-training and export')
-    p.add_argument('--heads', nargs='+', default=list(SEG_CONFIGS), help='linear, upernet or a config path')
+    p.add_argument('--heads', nargs='+', default=list(SEG_CONFIGS),
+                   help='linear, upernet or a config path')
     p.add_argument('--seg-iters', type=int,
                    help='segmentor iterations (default: the config\'s 1,000); the warm-up '
                         'is scaled with it')
@@ -53,10 +58,12 @@ def parse_args(argv=None):
 def pretrain(args) -> str:
     """Run the demo pre-training; returns its last checkpoint."""
     cfg = Config.fromfile(osp.join(ROOT, 'configs', args.method, 'demo_fashion-mnist.py'))
-    if args.pretrain_epochs is not None:
-        shorten_run(cfg, args.pretrain_epochs, None)
+    if args.pretrain_epochs is not None or args.pretrain_epoch_iters is not None:
+        shorten_run(cfg, args.pretrain_epochs, args.pretrain_epoch_iters)
+    if args.no_knn:
+        cfg.custom_hooks = [h for h in cfg.custom_hooks if h['type'] != 'KNNHook']
     cfg.work_dir = osp.join(args.work_dir, f'pretrain_{args.method}')
-    cfg.experiment_name = f'pretrain_{args.method}_{time.strftime("%Y%m%d_%H%M%S")}'
+    cfg.experiment_name = f'pretrain_{args.method}'  # Runner appends a timestamp
     runner = Runner.from_cfg(cfg)
     runner.train()
     with open(osp.join(cfg.work_dir, 'last_checkpoint')) as f:
@@ -89,7 +96,7 @@ def segmentor_cfg(head: str, backbone: str, args) -> Config:
     cfg.test_dataloader = cfg.val_dataloader
     init = 'random' if backbone is None else 'pretrained'
     cfg.work_dir = osp.join(args.work_dir, f'{head}_{init}')
-    cfg.experiment_name = f'{head}_{init}_{time.strftime("%Y%m%d_%H%M%S")}'
+    cfg.experiment_name = f'{head}_{init}'
     return cfg
 
 

@@ -1,11 +1,13 @@
 # The embedded segmentation data (mmseg): 56x56 mosaics of 2x2 Fashion-MNIST garments,
 # 11 classes (background + 10 garments), generated in memory from Debian's
 # dataset-fashion-mnist (mmselfsup_vmf/datasets/fashion_mnist_mosaic.py). Train mosaics use
-# the train images, val mosaics the test images.
+# the train images, val mosaics the test images. Models see 28x28 crops (the demo
+# backbone's pre-training size): random crops in training, a sliding window in testing.
 dataset_type = 'FashionMNISTMosaic'
 data_root = '/usr/share/datasets/fashion-mnist'
-crop_size = (56, 56)
+crop_size = (28, 28)
 train_pipeline = [
+    dict(type='RandomCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
