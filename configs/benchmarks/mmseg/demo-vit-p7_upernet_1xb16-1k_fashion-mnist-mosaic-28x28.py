@@ -14,6 +14,7 @@ _base_ = [
     'mmseg::_base_/models/upernet_mae.py',
     '../../_base_/datasets/fashion_mnist_mosaic.py',
     'mmseg::_base_/default_runtime.py',
+    '../../_base_/schedules/mmseg_demo_poly_1k.py',
 ]
 custom_imports = dict(
     imports=['mmpretrain.models', 'mmselfsup_vmf', 'mmselfsup_vmf.datasets.fashion_mnist_mosaic'],
@@ -25,8 +26,6 @@ num_layers = 4
 embed_dims = 64
 num_classes = 11
 layer_decay_rate = 0.65
-max_iters = 1000
-warmup_iters = 100
 
 data_preprocessor = dict(
     mean=[72.9, 72.9, 72.9],  # the demo pre-training's normalisation
@@ -76,20 +75,6 @@ optim_wrapper = dict(
             'backbone.layers.2.': dict(lr_mult=layer_decay_rate**(num_layers - 2)),
             'backbone.layers.3.': dict(lr_mult=layer_decay_rate**(num_layers - 3)),
         }))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=warmup_iters, end=max_iters,
-         by_epoch=False),
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
-                    max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
-randomness = dict(seed=0)
-auto_scale_lr = dict(enable=False, base_batch_size=16)
 # a backbone checkpoint that does not fit model.backbone is an error (mmengine only warns)
 custom_hooks = [dict(type='PretrainedMatchHook')]
