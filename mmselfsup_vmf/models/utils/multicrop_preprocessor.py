@@ -150,7 +150,8 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         def gate(key):
             return torch.tensor([p[key] for p in flat], dtype=torch.float32, device=y.device)
 
-        y = self.flip(y, params=dict(batch_prob=gate('flip')))
+        if gate('flip').any():
+            y = self.flip(y, params=dict(batch_prob=gate('flip')))
         factors = torch.tensor([p['jitter_factors'] for p in flat], dtype=torch.float32,
                                device=y.device)
         orders = torch.tensor([p['jitter_order'] for p in flat], device=y.device)
@@ -168,12 +169,17 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                     brightness_factor=neutral[:, 0], contrast_factor=neutral[:, 1],
                     saturation_factor=neutral[:, 2], hue_factor=neutral[:, 3],
                     order=torch.tensor([op]), batch_prob=factors.new_ones(idx.numel())))
-        y = self.grayscale(y, params=dict(batch_prob=gate('grayscale')))
-        y = self.blur(y, params=dict(sigma=gate('sigma'), batch_prob=gate('blur')))
         n = len(flat)
-        return self.solarize(y, params=dict(thresholds=factors.new_full((n,), 0.5),
-                                             additions=factors.new_zeros(n),
-                                             batch_prob=gate('solarize')))
+        gated = (
+            (self.grayscale, 'grayscale', {}),
+            (self.blur, 'blur', dict(sigma=gate('sigma'))),
+            (self.solarize, 'solarize', dict(thresholds=factors.new_full((n,), 0.5),
+                                             additions=factors.new_zeros(n))))
+        for module, key, extra in gated:
+            prob = gate(key)
+            if prob.any():  # kornia checks sizes (blur kernel) even for unselected crops
+                y = module(y, params=dict(extra, batch_prob=prob))
+        return y
 
 
 @MODELS.register_module()
