@@ -150,35 +150,38 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         def gate(key):
             return torch.tensor([p[key] for p in flat], dtype=torch.float32, device=y.device)
 
-        if gate('flip').any():
+        if any(p['flip'] for p in flat):
             y = self.flip(y, params=dict(batch_prob=gate('flip')))
-        factors = torch.tensor([p['jitter_factors'] for p in flat], dtype=torch.float32,
-                               device=y.device)
-        orders = torch.tensor([p['jitter_order'] for p in flat], device=y.device)
-        jitter = gate('jitter').bool()
+        factors = torch.tensor([p['jitter_factors'] for p in flat], dtype=torch.float32)
+        orders = torch.tensor([p['jitter_order'] for p in flat])
+        jitter = torch.tensor([p['jitter'] for p in flat])
         # kornia draws one order per call; DINO's ColorJitter one per image: apply step k
-        # of every crop's own order, one kornia call per (step, operation)
+        # of every crop's own order, one kornia call per (step, operation). The indices are
+        # found on the host, where the parameters were drawn, so nothing waits for the device.
         for step in range(4):
             for op in range(4):
                 idx = torch.nonzero(jitter & (orders[:, step] == op)).flatten()
                 if idx.numel() == 0:
                     continue
-                neutral = factors.new_tensor([1.0, 1.0, 1.0, 0.0]).repeat(idx.numel(), 1)
-                neutral[:, op] = factors[idx, op]
+                chosen = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(idx.numel(), 1)
+                chosen[:, op] = factors[idx, op]
+                chosen = chosen.to(y.device)
+                idx = idx.to(y.device)
                 y[idx] = self.jitter(y[idx], params=dict(
-                    brightness_factor=neutral[:, 0], contrast_factor=neutral[:, 1],
-                    saturation_factor=neutral[:, 2], hue_factor=neutral[:, 3],
-                    order=torch.tensor([op]), batch_prob=factors.new_ones(idx.numel())))
+                    brightness_factor=chosen[:, 0], contrast_factor=chosen[:, 1],
+                    saturation_factor=chosen[:, 2], hue_factor=chosen[:, 3],
+                    order=torch.tensor([op]), batch_prob=chosen.new_ones(idx.numel())))
         n = len(flat)
         gated = (
             (self.grayscale, 'grayscale', {}),
             (self.blur, 'blur', dict(sigma=gate('sigma'))),
-            (self.solarize, 'solarize', dict(thresholds=factors.new_full((n,), 0.5),
-                                             additions=factors.new_zeros(n))))
+            (self.solarize, 'solarize', dict(thresholds=y.new_full((n,), 0.5),
+                                             additions=y.new_zeros(n))))
         for module, key, extra in gated:
-            prob = gate(key)
-            if prob.any():  # kornia checks sizes (blur kernel) even for unselected crops
-                y = module(y, params=dict(extra, batch_prob=prob))
+            # skipped when no crop is selected: kornia checks the blur kernel against the
+            # image size even for unselected crops
+            if any(p[key] for p in flat):
+                y = module(y, params=dict(extra, batch_prob=gate(key)))
         return y
 
 
