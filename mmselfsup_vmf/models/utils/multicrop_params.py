@@ -19,7 +19,7 @@ JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
 
 
 @dataclass(frozen=True)
-class ViewSpec:
+class ViewLaw:
     """The distribution of one view: output size, crop scale range and probabilities."""
     size: int
     scale: Tuple[float, float]
@@ -57,14 +57,14 @@ def resized_crop_box(rng: np.random.Generator, height: int, width: int,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def draw_view_params(rng: np.random.Generator, height: int, width: int, spec: ViewSpec,
+def draw_view_params(rng: np.random.Generator, height: int, width: int, law: ViewLaw,
                      color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
                      color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
                      flip_prob: float = 0.5, sigma_range: Tuple[float, float] = (0.1, 2.0)
                      ) -> dict:
     """All random values of one view of a ``height x width`` image (see the module doc)."""
     brightness, contrast, saturation, hue = color_jitter
-    box = resized_crop_box(rng, height, width, spec.scale)
+    box = resized_crop_box(rng, height, width, law.scale)
     u = rng.random(5)
     factors = (rng.uniform(max(0.0, 1 - brightness), 1 + brightness),
                rng.uniform(max(0.0, 1 - contrast), 1 + contrast),
@@ -76,13 +76,13 @@ def draw_view_params(rng: np.random.Generator, height: int, width: int, spec: Vi
                 jitter_factors=factors,
                 jitter_order=tuple(int(i) for i in rng.permutation(4)),
                 grayscale=bool(u[2] < grayscale_prob),
-                blur=bool(u[3] < spec.blur_prob),
+                blur=bool(u[3] < law.blur_prob),
                 sigma=float(rng.uniform(*sigma_range)),
-                solarize=bool(u[4] < spec.solarize_prob))
+                solarize=bool(u[4] < law.solarize_prob))
 
 
-def draw_sample_params(seed: int, height: int, width: int, specs: Sequence[ViewSpec],
+def draw_sample_params(seed: int, height: int, width: int, laws: Sequence[ViewLaw],
                        **kwargs) -> List[dict]:
     """The parameters of every view of one sample, from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
-    return [draw_view_params(rng, height, width, spec, **kwargs) for spec in specs]
+    return [draw_view_params(rng, height, width, law, **kwargs) for law in laws]

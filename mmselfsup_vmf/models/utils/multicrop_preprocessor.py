@@ -11,12 +11,11 @@ listed in ``docs/methods.md#multi-crop-on-the-device``.
 from typing import List, Sequence, Tuple
 
 import torch
-from kornia import augmentation as K
 from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 from mmpretrain.registry import MODELS
 
 from .mask_preprocessor import MaskedSelfSupDataPreprocessor
-from .multicrop_params import ViewSpec, draw_sample_params
+from .multicrop_params import ViewLaw, draw_sample_params
 
 BLUR_KERNELS = dict(pil=13, kernel9=9)  # 'pil': +-3 sigma of the largest sigma (2.0)
 
@@ -56,6 +55,11 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                  color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
                  flip_prob: float = 0.5, **kwargs):
         super().__init__(**kwargs)
+        try:
+            from kornia import augmentation as K
+        except ImportError as exc:
+            raise ImportError('MultiCropDataPreprocessor needs kornia: pip install '
+                              '"mmselfsup_vmf[device-aug]" (kornia>=0.9)') from exc
         if num_global < 1 or num_local < 0:
             raise ValueError(f'MultiCropDataPreprocessor needs num_global >= 1 and '
                              f'num_local >= 0, got {num_global} and {num_local}')
@@ -66,10 +70,10 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             if not (len(sc) == 2 and 0 < sc[0] <= sc[1] <= 1):
                 raise ValueError(f'MultiCropDataPreprocessor {name} must be (min, max) with '
                                  f'0 < min <= max <= 1, got {sc}')
-        first = ViewSpec(global_size, tuple(global_scale), global_blur_probs[0])
-        second = ViewSpec(global_size, tuple(global_scale), global_blur_probs[1], solarize_prob)
-        local = ViewSpec(local_size, tuple(local_scale), local_blur_prob)
-        self.view_specs = [first] + [second] * (num_global - 1) + [local] * num_local
+        first = ViewLaw(global_size, tuple(global_scale), global_blur_probs[0])
+        second = ViewLaw(global_size, tuple(global_scale), global_blur_probs[1], solarize_prob)
+        local = ViewLaw(local_size, tuple(local_scale), local_blur_prob)
+        self.view_laws = [first] + [second] * (num_global - 1) + [local] * num_local
         self.draw_kwargs = dict(color_jitter=tuple(color_jitter),
                                 color_jitter_prob=color_jitter_prob,
                                 grayscale_prob=grayscale_prob, flip_prob=flip_prob)
@@ -93,7 +97,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                                  "end with DeviceMultiCropInput and PackInputs(meta_keys="
                                  "('img_shape', 'aug_seed'))")
             h, w = sample.metainfo.get('img_shape', (height, width))
-            params.append(draw_sample_params(int(seed), int(h), int(w), self.view_specs,
+            params.append(draw_sample_params(int(seed), int(h), int(w), self.view_laws,
                                              **self.draw_kwargs))
         return params
 
@@ -125,9 +129,9 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         """Crops every view, then runs the intensity operations on each size group at once."""
         batch = x.shape[0]
         groups = {}  # output size -> (view indices, crops)
-        for v, spec in enumerate(self.view_specs):
+        for v, law in enumerate(self.view_laws):
             boxes = crop_corners([p[v]['box'] for p in params])
-            size = spec.size
+            size = law.size
             dst = crop_corners([(0, 0, size, size)] * batch)
             shape = torch.tensor([list(x.shape[-2:])] * batch)
             crop = self.crops[size](x, params=dict(
@@ -137,7 +141,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             groups.setdefault(size, ([], []))
             groups[size][0].append(v)
             groups[size][1].append(crop.clamp_(0, 1))
-        views = [None] * len(self.view_specs)
+        views = [None] * len(self.view_laws)
         for indices, crops in groups.values():
             flat = [p[v] for v in indices for p in params]  # view-major, like torch.cat
             out = self.intensity_ops(torch.cat(crops), flat)
