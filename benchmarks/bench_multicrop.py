@@ -19,6 +19,12 @@ Inputs: scikit-image's bundled colour photos, shrunk to at most 500 px (ImageNet
 JPEG-encoded (quality 90).
 
     python benchmarks/bench_multicrop.py [--rounds 3] [--repeats 4] [--batch 16]
+
+``--demo`` instead measures the two DINO demo configs (``configs/dino/demo_fashion-mnist.py``
+and ``..._device-crops.py``): per batch of 64, the loader's CPU time (``SeededDataset`` +
+pipeline + collate) and the data preprocessor's, in the training process.
+
+    python benchmarks/bench_multicrop.py --demo [--rounds 5]
 """
 import argparse
 import io
@@ -146,6 +152,32 @@ def run(args):
     return {name: statistics.median(times) for name, times in per_image.items()}, per_image
 
 
+def demo_costs(rounds: int) -> dict:
+    """config name -> (loader s / batch, preprocessor s / batch), medians over batches."""
+    from mmengine.config import Config
+    from mmpretrain.registry import DATASETS
+    torch.set_num_threads(1)
+    init_default_scope('mmpretrain')
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    costs = {}
+    for name in ('demo_fashion-mnist.py', 'demo_fashion-mnist_device-crops.py'):
+        cfg = Config.fromfile(osp.join(root, 'configs', 'dino', name))
+        dataset = DATASETS.build(cfg.train_dataloader.dataset)
+        preprocessor = MODELS.build(cfg.model.data_preprocessor)
+        batch_size = cfg.train_dataloader.batch_size
+        loader, model = [], []
+        for r in range(rounds):
+            start = time.process_time()
+            keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
+            batch = default_collate([dataset[k] for k in keys])
+            loader.append(time.process_time() - start)
+            start = time.process_time()
+            preprocessor(batch, True)
+            model.append(time.process_time() - start)
+        costs[name] = (statistics.median(loader), statistics.median(model))
+    return costs
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--rounds', type=int, default=3, help='interleaved rounds (median taken)')
@@ -154,7 +186,15 @@ def main(argv=None):
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--resize', type=int, default=384, help='DeviceMultiCropInput size')
     p.add_argument('--out', help='write the figures as JSON here')
+    p.add_argument('--demo', action='store_true', help='measure the DINO demo configs instead')
     args = p.parse_args(argv)
+    if args.demo:
+        print('| demo config | loader CPU ms / batch | data preprocessor CPU ms / batch |')
+        print('|---|---|---|')
+        costs = demo_costs(args.rounds)
+        for name, (loader, model) in costs.items():
+            print(f'| {name} | {1e3 * loader:.1f} | {1e3 * model:.1f} |')
+        return costs
     medians, rounds = run(args)
     reference = medians['MultiCrop (CPU)']
     load = os.getloadavg()
