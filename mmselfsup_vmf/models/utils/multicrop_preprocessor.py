@@ -77,9 +77,10 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         self.draw_kwargs = dict(color_jitter=tuple(color_jitter),
                                 color_jitter_prob=color_jitter_prob,
                                 grayscale_prob=grayscale_prob, flip_prob=flip_prob)
-        self.crops = {size: K.RandomResizedCrop((size, size), resample=interpolation,
-                                                align_corners=False, cropping_mode='slice')
-                      for size in {global_size, local_size}}
+        self.crops = torch.nn.ModuleDict({
+            str(size): K.RandomResizedCrop((size, size), resample=interpolation,
+                                           align_corners=False, cropping_mode='slice')
+            for size in {global_size, local_size}})
         self.flip = K.RandomHorizontalFlip()
         self.jitter = K.ColorJitter(*color_jitter)
         self.grayscale = K.RandomGrayscale()
@@ -134,7 +135,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             size = law.size
             dst = crop_corners([(0, 0, size, size)] * batch)
             shape = torch.tensor([list(x.shape[-2:])] * batch)
-            crop = self.crops[size](x, params=dict(
+            crop = self.crops[str(size)](x, params=dict(
                 src=boxes, dst=dst, input_size=shape,
                 output_size=torch.tensor([[size, size]] * batch),
                 batch_prob=torch.ones(batch)))
