@@ -8,8 +8,9 @@ called with parameters drawn per sample by :mod:`.multicrop_params` from the sam
 composition or number of workers. Where kornia's operations differ from DINO's PIL ones is
 listed in ``docs/methods.md#multi-crop-on-the-device``.
 """
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 from mmpretrain.registry import MODELS
@@ -20,9 +21,10 @@ from .multicrop_params import ViewLaw, draw_sample_params
 BLUR_KERNELS = dict(pil=13, kernel9=9)  # 'pil': +-3 sigma of the largest sigma (2.0)
 
 
-def crop_corners(boxes: Sequence[Tuple[int, int, int, int]]) -> torch.Tensor:
-    """(top, left, h, w) boxes -> kornia's (N, 4, 2) inclusive (x, y) corners, clockwise."""
-    t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+def crop_corners(boxes: np.ndarray) -> torch.Tensor:
+    """(N, 4) boxes (top, left, h, w) -> kornia's (N, 4, 2) inclusive (x, y) corners,
+    clockwise from the top left."""
+    t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
     top, left, h, w = t.unbind(1)
     right, bottom = left + w - 1, top + h - 1
     return torch.stack([torch.stack([left, top], 1), torch.stack([right, top], 1),
@@ -88,8 +90,9 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         self.blur = K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), border_type='reflect')
         self.solarize = K.RandomSolarize(0.0, 0.0)
 
-    def draw_params(self, data_samples, height: int, width: int) -> List[List[dict]]:
-        """Per sample, the parameters of every view, from its ``aug_seed`` and ``img_shape``."""
+    def draw_params(self, data_samples, height: int, width: int) -> Dict[str, np.ndarray]:
+        """Every view's parameters from each sample's ``aug_seed`` and ``img_shape``:
+        arrays of shape (B, V, ...)."""
         params = []
         for i, sample in enumerate(data_samples):
             seed = sample.metainfo.get('aug_seed')
@@ -100,7 +103,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             h, w = sample.metainfo.get('img_shape', (height, width))
             params.append(draw_sample_params(int(seed), int(h), int(w), self.view_laws,
                                              **self.draw_kwargs))
-        return params
+        return {key: np.stack([p[key] for p in params]) for key in params[0]}
 
     def forward(self, data: dict, training: bool = False) -> dict:
         if not training:
@@ -126,17 +129,16 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             views = [v * 255 for v in views]
         return {'inputs': views, 'data_samples': data_samples}
 
-    def make_views(self, x: torch.Tensor, params: List[List[dict]]) -> List[torch.Tensor]:
+    def make_views(self, x: torch.Tensor, params: Dict[str, np.ndarray]) -> List[torch.Tensor]:
         """Crops every view, then runs the intensity operations on each size group at once."""
         batch = x.shape[0]
         groups = {}  # output size -> (view indices, crops)
         for v, law in enumerate(self.view_laws):
-            boxes = crop_corners([p[v]['box'] for p in params])
             size = law.size
-            dst = crop_corners([(0, 0, size, size)] * batch)
-            shape = torch.tensor([list(x.shape[-2:])] * batch)
             crop = self.crops[str(size)](x, params=dict(
-                src=boxes, dst=dst, input_size=shape,
+                src=crop_corners(params['box'][:, v]),
+                dst=crop_corners(np.tile([0, 0, size, size], (batch, 1))),
+                input_size=torch.tensor([list(x.shape[-2:])] * batch),
                 output_size=torch.tensor([[size, size]] * batch),
                 batch_prob=torch.ones(batch)))
             groups.setdefault(size, ([], []))
@@ -144,22 +146,25 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             groups[size][1].append(crop.clamp_(0, 1))
         views = [None] * len(self.view_laws)
         for indices, crops in groups.values():
-            flat = [p[v] for v in indices for p in params]  # view-major, like torch.cat
+            # (B, V, ...) -> view-major (V_group * B, ...), the order of torch.cat(crops)
+            flat = {k: np.swapaxes(a[:, indices], 0, 1).reshape(len(indices) * batch,
+                                                                 *a.shape[2:])
+                    for k, a in params.items()}
             out = self.intensity_ops(torch.cat(crops), flat)
             for k, v in enumerate(indices):
                 views[v] = out[k * batch:(k + 1) * batch]
         return views
 
-    def intensity_ops(self, y: torch.Tensor, flat: List[dict]) -> torch.Tensor:
+    def intensity_ops(self, y: torch.Tensor, flat: Dict[str, np.ndarray]) -> torch.Tensor:
         """Flip, colour jitter (per-crop random order), grayscale, blur, solarise."""
         def gate(key):
-            return torch.tensor([p[key] for p in flat], dtype=torch.float32, device=y.device)
+            return torch.as_tensor(flat[key], dtype=torch.float32).to(y.device)
 
-        if any(p['flip'] for p in flat):
+        if flat['flip'].any():
             y = self.flip(y, params=dict(batch_prob=gate('flip')))
-        factors = torch.tensor([p['jitter_factors'] for p in flat], dtype=torch.float32)
-        orders = torch.tensor([p['jitter_order'] for p in flat])
-        jitter = torch.tensor([p['jitter'] for p in flat])
+        factors = torch.as_tensor(flat['jitter_factors'], dtype=torch.float32)
+        orders = torch.as_tensor(flat['jitter_order'])
+        jitter = torch.as_tensor(flat['jitter'])
         # kornia draws one order per call; DINO's ColorJitter one per image: apply step k
         # of every crop's own order, one kornia call per (step, operation). The indices are
         # found on the host, where the parameters were drawn, so nothing waits for the device.
@@ -176,7 +181,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                     brightness_factor=chosen[:, 0], contrast_factor=chosen[:, 1],
                     saturation_factor=chosen[:, 2], hue_factor=chosen[:, 3],
                     order=torch.tensor([op]), batch_prob=chosen.new_ones(idx.numel())))
-        n = len(flat)
+        n = len(y)
         gated = (
             (self.grayscale, 'grayscale', {}),
             (self.blur, 'blur', dict(sigma=gate('sigma'))),
@@ -185,7 +190,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         for module, key, extra in gated:
             # skipped when no crop is selected: kornia checks the blur kernel against the
             # image size even for unselected crops
-            if any(p[key] for p in flat):
+            if flat[key].any():
                 y = module(y, params=dict(extra, batch_prob=gate(key)))
         return y
 

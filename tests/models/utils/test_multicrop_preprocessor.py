@@ -138,17 +138,17 @@ def test_jitter_follows_each_crops_own_random_order():
     orders = set()
     for v, view in enumerate(views):
         for b in range(n):
-            p = params[b][v]
+            order = tuple(params['jitter_order'][b, v].tolist())
             ref = torchvision_formulas(torch.from_numpy(img[b]).permute(2, 0, 1).double() / 255,
-                                       p['jitter_factors'], p['jitter_order'])
+                                       params['jitter_factors'][b, v].tolist(), order)
             torch.testing.assert_close(view[b].double() / 255, ref, atol=2e-5, rtol=0)
-            orders.add(p['jitter_order'])
+            orders.add(order)
     assert len(orders) == 24  # per crop, not one order per call
 
 
 @pytest.mark.parametrize('channel_order', ['rgb', 'bgr'])
 def test_grayscale_probability_and_weights(channel_order):
-    n = 300
+    n = 1000
     pre = identity_crops(8, num_local=0, to_rgb=channel_order == 'bgr',
                          **{**NO_INTENSITY, 'grayscale_prob': 0.2})
     rgb = (200, 100, 50)
@@ -171,7 +171,7 @@ def discrete_gaussian_std(sigma: np.ndarray, taps: int) -> np.ndarray:
 
 @pytest.mark.parametrize('blur,taps', [('pil', 13), ('kernel9', 9)])
 def test_blur_probabilities_and_sigma_law(blur, taps):
-    n, size = 200, 17
+    n, size = 800, 17
     delta = np.zeros((n, size, size, 3), np.uint8)
     delta[:, size // 2, size // 2] = 255
     pre = identity_crops(size, num_local=2, blur=blur,
