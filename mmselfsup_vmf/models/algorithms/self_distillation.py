@@ -14,6 +14,7 @@ from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ...arg_checks import check_int, check_positive
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.compile import compile_kwargs, compile_parts
 from ..utils.dist import local_shard
@@ -114,6 +115,20 @@ class TeacherEMA(CosineEMA):
         self.steps += 1
 
 
+def temperature_schedule(key: str, given: Optional[dict], defaults: dict) -> dict:
+    """A temperature schedule ``dict(start, end, warmup_epochs, ...)`` (config key ``key``)
+    completed with ``defaults`` and checked: temperatures > 0, epochs integers >= 0."""
+    unknown = set(given or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f'{key} takes {sorted(defaults)}, got unknown keys {sorted(unknown)}')
+    schedule = dict(defaults, **(given or {}))
+    for name in ('start', 'end'):
+        check_positive(f'{key}.{name}', schedule[name])
+    for name in set(schedule) - {'start', 'end'}:
+        check_int(f'{key}.{name}', schedule[name], minimum=0)
+    return schedule
+
+
 class SelfDistillation(BaseSelfSupervisor):
     """Student (backbone [+ neck] + head) and an EMA teacher of the same modules.
 
@@ -172,8 +187,8 @@ class SelfDistillation(BaseSelfSupervisor):
         self.loss_module = MODELS.build(loss)
         self.backbone_init = backbone_init
         self.num_global_views = num_global_views
-        self.teacher_temp_cfg = dict(start=0.04, end=0.04, warmup_epochs=0)
-        self.teacher_temp_cfg.update(teacher_temp or {})
+        self.teacher_temp_cfg = temperature_schedule(
+            'model.teacher_temp', teacher_temp, dict(start=0.04, end=0.04, warmup_epochs=0))
         self.teacher = TeacherEMA(self._student_modules(), momentum=1.0 - teacher_momentum,
                                  end_momentum=1.0 - teacher_momentum_end)
         self.teacher.train(False)
