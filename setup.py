@@ -25,6 +25,9 @@ setup(
     extras_require={
         # pure-python mmcv for CPU machines; mmseg 1.2.x asserts mmcv < 2.2.0
         'cpu': ['mmcv-lite>=2.0.0,<2.2.0'],
-        'tests': ['pytest', 'pytest-timeout', 'mpmath', 'scikit-learn', 'scikit-image', 'ruff'],
+        # multi-crop on the device (MultiCropDataPreprocessor); kornia 0.9 needs torch>=2.5.1
+        'device-aug': ['kornia>=0.9,<0.10'],
+        'tests': ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'mpmath', 'scikit-learn',
+                  'scikit-image', 'ruff'],
     },
 )

@@ -191,8 +191,10 @@ def markdown(rows):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # *_fsdp.py configs train their base config's model sharded over several processes
     p.add_argument('--configs', nargs='+',
-                   default=sorted(glob.glob(osp.join(ROOT, 'configs', '*', 'vit-*.py'))))
+                   default=sorted(c for c in glob.glob(osp.join(ROOT, 'configs', '*', 'vit-*.py'))
+                                  if not c.endswith('_fsdp.py')))
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--tiny', action='store_true', help='shrunk models (CPU smoke run)')
     p.add_argument('--precisions', nargs='+', default=['fp16', 'bf16'], choices=list(DTYPES))

@@ -92,7 +92,11 @@ def main(argv=None):
     cfg = merge_args(Config.fromfile(args.config), args)
     workers = cfg.get('train_dataloader', {}).get('num_workers', 0)
     print(set_torch_threads(args.threads, workers)[1], flush=True)
-    runner = Runner.from_cfg(cfg)
+    if 'runner_type' in cfg:  # e.g. FlexibleRunner with a strategy (FSDP2Strategy)
+        from mmengine.registry import RUNNERS
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
     add_checkpoint_check(runner)
     from mmselfsup_vmf.utils.safe_load import UnreadableCheckpointError, UntrustedCheckpointError
     try:

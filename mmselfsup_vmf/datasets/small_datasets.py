@@ -156,6 +156,20 @@ def read_idx_file(path: str, expected_magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def read_fashion_mnist(data_root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) uint8 images and (N,) labels of a Fashion-MNIST split ('train'/'test')."""
+    _check_split(split)
+    if not data_root or not osp.isdir(data_root) or not os.listdir(data_root):
+        raise _missing_root_error(data_root)
+    images_name, labels_name = FASHION_MNIST_FILES[split]
+    images = read_idx_file(_find_idx_file(data_root, images_name), _IDX_IMAGES_MAGIC)
+    labels = read_idx_file(_find_idx_file(data_root, labels_name), _IDX_LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise ValueError(f'{data_root}: {len(images)} images but {len(labels)} labels '
+                         f'in the {split} split')
+    return images, labels
+
+
 def balanced_subset(labels: np.ndarray, num_samples: int, num_classes: int,
                     seed: int) -> np.ndarray:
     """Sorted indices of a seeded class-balanced subset.
@@ -210,20 +224,8 @@ class FashionMNISTSubset(BaseDataset):
         kwargs.setdefault('ann_file', '')
         super().__init__(data_root=data_root, **kwargs)
 
-    def _read_split(self) -> Tuple[np.ndarray, np.ndarray]:
-        root = self.data_root
-        if not root or not osp.isdir(root) or not os.listdir(root):
-            raise _missing_root_error(root)
-        images_name, labels_name = FASHION_MNIST_FILES[self.split]
-        images = read_idx_file(_find_idx_file(root, images_name), _IDX_IMAGES_MAGIC)
-        labels = read_idx_file(_find_idx_file(root, labels_name), _IDX_LABELS_MAGIC)
-        if len(images) != len(labels):
-            raise ValueError(f'{root}: {len(images)} images but {len(labels)} labels '
-                             f'in the {self.split} split')
-        return images, labels
-
     def load_data_list(self) -> List[dict]:
-        images, labels = self._read_split()
+        images, labels = read_fashion_mnist(self.data_root, self.split)
         if self.num_samples is not None:
             keep = balanced_subset(labels, int(self.num_samples), len(self.METAINFO['classes']),
                                    self.seed)

@@ -263,6 +263,14 @@ def _first_occurrence(idx: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def flat_input_pixels(data_batch: dict) -> Tensor:
+    """A ``feature_fn`` for :func:`extract_features`: the batch's images as (B, C*H*W)
+    float vectors (the raw-pixel baseline)."""
+    inputs = data_batch['inputs']
+    inputs = torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs
+    return inputs.flatten(1).float()
+
+
 def extract_features(feature_fn: Callable[[dict], Tensor],
                      dataloader: Iterable,
                      progress: bool = False) -> Tuple[Tensor, Tensor]:

@@ -2,8 +2,7 @@
 
 The configs are read with ``Config.fromfile`` and built with mmseg's registry. For speed the
 ViT-B/16 is shrunk to 48-d (still 12 blocks, patch 16, 512x512 inputs) and the heads'
-widths follow; everything else is the real config. (The real ViT-B UperNet takes ~3 min per
-training step on 2 CPU cores, see docs/downstream.md.)
+widths follow; everything else is the real config (the real ViT-B is meant for GPUs).
 """
 import os.path as osp
 from collections import OrderedDict
@@ -211,3 +210,42 @@ def test_one_training_iteration_and_inference(name, exported, ade_root, tmp_path
     pred = result.pred_sem_seg.data
     assert pred.shape == (1, 512, 512)
     assert int(pred.min()) >= 0 and int(pred.max()) < 150
+
+
+# --------------------------------------------------------------------------- CPU demo configs
+DEMO = {name: osp.join(CONFIG_DIR, f'demo-vit-p7_{kind}_1xb16-1k_fashion-mnist-mosaic-28x28.py')
+        for name, kind in (('upernet', 'upernet'), ('linear', 'linear-frozen'))}
+
+
+def test_demo_linear_config_has_the_ade20k_structure():
+    cfg, ade = Config.fromfile(DEMO['linear']), Config.fromfile(CONFIGS['linear'])
+    b, head = cfg.model.backbone, cfg.model.decode_head
+    assert (b.img_size, b.patch_size, b.frozen_stages, b.arch.embed_dims) == (28, 7, 4, 64)
+    for key in ('type', 'num_convs', 'input_transform', 'concat_input'):
+        assert head[key] == ade.model.decode_head[key], key
+    assert head.in_channels == [64] * 4 and head.num_classes == 11
+    assert cfg.model.test_cfg == dict(mode='slide', crop_size=(28, 28), stride=(14, 14))
+    assert 'PretrainedMatchHook' in [h['type'] for h in cfg.custom_hooks]
+
+
+def test_demo_upernet_layer_wise_lr_decay():
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+    cfg = Config.fromfile(DEMO['upernet'])
+    cfg.model.backbone.init_cfg = None
+    init_default_scope('mmseg')
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    group_of = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
+
+    def depth(name):  # BEiT/iBOT with 4 blocks: embeddings 0, block i -> i + 1, the rest 5
+        if name.startswith(('backbone.cls_token', 'backbone.pos_embed',
+                            'backbone.patch_embed')):
+            return 0
+        if name.startswith('backbone.layers.'):
+            return int(name.split('.')[2]) + 1
+        return 5
+
+    for name, param in model.named_parameters():
+        assert group_of[id(param)]['lr'] == pytest.approx(1e-3 * 0.65**(5 - depth(name)),
+                                                          rel=1e-9), name

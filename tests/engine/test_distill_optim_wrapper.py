@@ -149,3 +149,29 @@ def test_cpu_bf16_amp_wrapper_trains_a_dino_step_with_fp32_loss():
     assert any(n.startswith('teacher.') for n in changed)  # EMA update of step 2
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
+
+
+def test_the_logged_norm_is_read_only_after_the_step_is_queued():
+    """On a GPU the host read of grad_norm_max waits for the queued kernels; done before the
+    optimiser step it would also stall the step's launch. Record the op order of one step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Order(TorchDispatchMode):
+        ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    params = make_params()
+    wrapper = DistillOptimWrapper(optimizer=torch.optim.SGD(params, lr=0.1),
+                                  clip_grad=dict(type='per_tensor', max_norm=2.0))
+    loss = sum((p * torch.tensor(g, dtype=torch.float32)).sum() for p, g in zip(params, GRADS))
+    wrapper.backward(loss)
+    with Order() as order:
+        wrapper.step()
+    reads = [i for i, op in enumerate(order.ops) if op == 'aten::_local_scalar_dense']
+    updates = [i for i, op in enumerate(order.ops) if op.startswith('aten::add_')
+               or op.startswith('aten::_foreach_add_')]
+    assert len(reads) == 1 and updates, order.ops
+    assert reads[0] > max(updates)

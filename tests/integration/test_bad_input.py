@@ -171,6 +171,16 @@ def test_negative_prototypes_through_tools_train(tmp_path):
      "('exact', 'debye'), got 'taylor'"),
     ('ibot', 'patch_loss.num_prototypes', -3, 'model.patch_loss.num_prototypes must be an '
      'integer >= 1, got -3'),
+    ('dino', 'teacher_temp.start', 0.0, 'model.teacher_temp.start must be a finite number > 0, '
+     'got 0.0'),
+    ('dino_vmf', 'teacher_temp.end', -0.04, 'model.teacher_temp.end must be a finite number '
+     '> 0, got -0.04'),
+    ('ibot', 'teacher_temp.warmup_epochs', -1, 'model.teacher_temp.warmup_epochs must be an '
+     'integer >= 0, got -1'),
+    ('ibot', 'teacher_patch_temp.start_epoch', 1.5, 'model.teacher_patch_temp.start_epoch '
+     'must be an integer >= 0, got 1.5'),
+    ('dino', 'teacher_temp.warmup', 3, "model.teacher_temp takes ['end', 'start', "
+     "'warmup_epochs'], got unknown keys ['warmup']"),
     ('simdino', 'loss.eps', 0.0, 'model.loss.eps (SimDINOLoss, = ε²) must be > 0, got 0.0'),
 ])
 def test_head_and_loss_arguments_name_the_config_key(method, key, value, message):

@@ -52,10 +52,11 @@ def tiny_dino_cfg(work_dir, *, backbone='vit', epochs=None, num_train=32, batch=
     return cfg
 
 
-def tiny_method_cfg(method, work_dir, *, num_train=32, batch=16):
-    """``configs/<method>/demo_fashion-mnist.py`` on 32 scikit-learn digits at 28 px with a
+def tiny_method_cfg(method, work_dir, *, num_train=32, batch=16,
+                    config='demo_fashion-mnist.py'):
+    """``configs/<method>/<config>`` (a demo config) on 32 scikit-learn digits at 28 px with a
     48-d 2-layer ViT (patch 7) and no k-NN probe: 2 iterations per epoch, 3 epochs."""
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', method, 'demo_fashion-mnist.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', method, config))
     cfg.model.backbone.arch = dict(embed_dims=48, num_layers=2, num_heads=3,
                                    feedforward_channels=96)
     cfg.model.head.in_channels = 48

@@ -19,6 +19,8 @@ from mmengine.hooks import CheckpointHook, Hook, LoggerHook
 from mmengine.optim import OptimWrapperDict
 from mmpretrain.registry import HOOKS
 
+from ...models.utils.dist import finite_flags
+
 DATA_BATCH = Optional[dict]
 
 
@@ -120,9 +122,7 @@ class DivergenceGuardHook(Hook):
         params = [p for g in optimizer.param_groups for p in g['params']]
         if not params:
             return
-        flags = torch.stack([torch.isfinite(p.grad).all() if p.grad is not None
-                             else torch.ones((), dtype=torch.bool, device=p.device)
-                             for p in params])
+        flags = finite_flags([p.grad for p in params], params[0].device)
         self._grad_finite = flags if self._grad_finite is None else torch.cat(
             [self._grad_finite, flags])
 

@@ -6,7 +6,7 @@ from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 from mmpretrain.utils import get_ori_model
 
-from mmselfsup_vmf.evaluation.knn import extract_features, knn_accuracy
+from mmselfsup_vmf.evaluation.knn import extract_features, flat_input_pixels, knn_accuracy
 
 
 @HOOKS.register_module()
@@ -97,7 +97,8 @@ class KNNHook(Hook):
             self.evaluate(runner, stage=f'iter {runner.iter + 1}', step=runner.iter + 1)
 
     # ---- work -----------------------------------------------------------------------------
-    def _build_loaders(self, runner) -> dict:
+    def loaders(self, runner) -> dict:
+        """The bank ('train') and query ('val') dataloaders, built on first use."""
         if self._loaders is None:
             from mmengine.runner import Runner
             self._loaders = {
@@ -117,7 +118,7 @@ class KNNHook(Hook):
 
     def evaluate(self, runner, stage: str = '', step: Optional[int] = None) -> Dict[str, float]:
         """Extract train/val features, compute and log the k-NN accuracy; return it."""
-        loaders = self._build_loaders(runner)
+        loaders = self.loaders(runner)
         model = get_ori_model(runner.model)
         if not callable(getattr(model, 'knn_features', None)):
             raise TypeError(f'KNNHook needs {type(model).__name__}.knn_features(data_batch, '
@@ -145,6 +146,17 @@ class KNNHook(Hook):
         self.last_result = result
         self.history.append((stage, result))
         return result
+
+    def evaluate_raw_inputs(self, runner) -> Dict[str, float]:
+        """The same k-NN on the flattened input images of the same loaders (the raw-pixel
+        baseline a learned feature has to beat); returned, not logged."""
+        loaders = self.loaders(runner)
+        (train_f, train_y), (val_f, val_y) = (
+            extract_features(flat_input_pixels, loaders[name]) for name in ('train', 'val'))
+        num_classes = self._infer_num_classes(loaders['train'], train_y, val_y)
+        acc = knn_accuracy(train_f, train_y, val_f, val_y, num_classes, k=self.k,
+                           temperature=self.temperature, chunk_size=self.chunk_size)
+        return {f'{self.prefix}/{name}': value for name, value in acc.items()}
 
     def _log(self, runner, result: Dict[str, float], stage: str, step: int, num_train: int,
              num_val: int) -> None:

@@ -62,15 +62,22 @@ class GradEditMixin:
         return [p for g in self.optimizer.param_groups for p in g['params']
                 if p.requires_grad and p.grad is not None]
 
-    def _edit_grads(self) -> None:
+    def _edit_grads(self) -> Optional[torch.Tensor]:
+        """Clips and cancels; returns the largest per-tensor norm (a device tensor) or None."""
+        biggest = None
         if self.per_tensor_max_norm:
             biggest = clip_grad_per_tensor_(self._params(), self.per_tensor_max_norm)
-            if biggest is not None:
-                self.message_hub.update_scalar('train/grad_norm_max', float(biggest))
         elif self.clip_grad_kwargs:
             self._clip_grad()
         for p in self.cancel_grads_of:
             p.grad = None
+        return biggest
+
+    def _log_grad_norm(self, biggest: Optional[torch.Tensor]) -> None:
+        # read only after the optimiser step is queued: reading before it would make the
+        # host wait for the backward pass before it can launch the step
+        if biggest is not None:
+            self.message_hub.update_scalar('train/grad_norm_max', float(biggest))
 
     def _needs_edit(self) -> bool:
         return bool(self.per_tensor_max_norm or self.clip_grad_kwargs or self.cancel_grads_of)
@@ -85,9 +92,9 @@ class DistillOptimWrapper(GradEditMixin, OptimWrapper):
                               **kwargs)
 
     def step(self, **kwargs) -> None:
-        if self._needs_edit():
-            self._edit_grads()
+        biggest = self._edit_grads() if self._needs_edit() else None
         self.optimizer.step(**kwargs)
+        self._log_grad_norm(biggest)
 
 
 def build_grad_scaler(loss_scale, device_type: str) -> Tuple[torch.amp.GradScaler,
@@ -151,11 +158,13 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
                 yield
 
     def step(self, **kwargs) -> None:
+        biggest = None
         if self._needs_edit():
             self.loss_scaler.unscale_(self.optimizer)
-            self._edit_grads()
+            biggest = self._edit_grads()
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update_param)
+        self._log_grad_norm(biggest)
         if self.autocast_device in HOST_CHECK_DEVICES:
             # a skipped (overflow) step shows as a halved scale; reading it on a GPU would
             # wait for the optimiser step, so it is logged where that is free

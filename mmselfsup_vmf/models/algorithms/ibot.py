@@ -6,7 +6,7 @@ import torch
 from mmpretrain.registry import MODELS
 
 from ..utils.schedules import teacher_temperature
-from .self_distillation import SelfDistillation, weight_losses
+from .self_distillation import SelfDistillation, temperature_schedule, weight_losses
 
 
 @MODELS.register_module()
@@ -52,10 +52,10 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck, **kwargs)
         self.patch_loss_module = MODELS.build(patch_loss)
         self.check_vmf_dim('patch_loss_module', 'model.patch_loss')
-        self.teacher_patch_temp_cfg = dict(
-            start=0.04, end=0.07, warmup_epochs=30,
-            start_epoch=getattr(self.data_preprocessor, 'mask_start_epoch', 0))
-        self.teacher_patch_temp_cfg.update(teacher_patch_temp or {})
+        self.teacher_patch_temp_cfg = temperature_schedule(
+            'model.teacher_patch_temp', teacher_patch_temp, dict(
+                start=0.04, end=0.07, warmup_epochs=30,
+                start_epoch=getattr(self.data_preprocessor, 'mask_start_epoch', 0)))
         self.shared_head_teacher = bool(shared_head_teacher)
         self.lambda_cls = float(lambda_cls)
         self.lambda_patch = float(lambda_patch)

@@ -14,8 +14,10 @@ from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
 
+from ...arg_checks import check_int, check_positive
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.compile import compile_kwargs, compile_parts
+from ..utils.dist import local_shard
 from ..utils.schedules import teacher_temperature
 
 
@@ -59,15 +61,72 @@ class TeacherEMA(CosineEMA):
 
     max_iters: Optional[int] = None
 
-    def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
-                 steps: int) -> None:
+    def update_weight(self, steps: int) -> float:
+        """The weight 1 - m of the student in the update of call ``steps``."""
         if self.max_iters is None:
-            averaged_param.lerp_(source_param, self.momentum)
-            return
+            return self.momentum
         # CosineEMA.avg_func's cosine, at steps - 1
         cosine_annealing = (math.cos(math.pi * (steps - 1) / float(self.max_iters)) + 1) / 2
-        momentum = self.end_momentum - (self.end_momentum - self.momentum) * cosine_annealing
-        averaged_param.mul_(1 - momentum).add_(source_param, alpha=momentum)
+        return self.end_momentum - (self.end_momentum - self.momentum) * cosine_annealing
+
+    def avg_func(self, averaged_param: torch.Tensor, source_param: torch.Tensor,
+                 steps: int) -> None:
+        weight = self.update_weight(steps)
+        if self.max_iters is None:
+            averaged_param.lerp_(source_param, weight)
+        else:
+            averaged_param.mul_(1 - weight).add_(source_param, alpha=weight)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """BaseAveragedModel.update_parameters as one foreach update over the local tensors.
+
+        The parameters are looked up on every call (FSDP replaces them when it shards the
+        model) and, when FSDP2 has sharded student and teacher identically, each rank updates
+        its own shards (``DTensor.to_local``): the EMA is elementwise, so no communication.
+        The arithmetic is ``avg_func``'s, tensor by tensor.
+        """
+        source = dict(model.named_parameters())
+        averaged, sources = [], []
+        for name, avg in self.module.named_parameters():
+            if not avg.dtype.is_floating_point:
+                continue
+            avg_local, src_local = local_shard(avg), local_shard(source[name])
+            if type(avg) is not type(source[name]) or avg_local.shape != src_local.shape:
+                raise RuntimeError(
+                    f'teacher parameter {name!r} ({type(avg).__name__} '
+                    f'{tuple(avg_local.shape)}) and its student parameter '
+                    f'({type(source[name]).__name__} {tuple(src_local.shape)}) are not '
+                    'sharded alike; shard student and teacher with the same units')
+            averaged.append(avg_local)
+            sources.append(src_local)
+        steps = int(self.steps)
+        if steps == 0:
+            torch._foreach_copy_(averaged, sources)
+        elif steps % self.interval == 0 and averaged:
+            weight = self.update_weight(steps)
+            if self.max_iters is None:
+                torch._foreach_lerp_(averaged, sources, weight)
+            else:
+                torch._foreach_mul_(averaged, 1 - weight)
+                torch._foreach_add_(averaged, sources, alpha=weight)
+        for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
+            b_avg.data.copy_(b_src.data.to(b_avg.device))
+        self.steps += 1
+
+
+def temperature_schedule(key: str, given: Optional[dict], defaults: dict) -> dict:
+    """A temperature schedule ``dict(start, end, warmup_epochs, ...)`` (config key ``key``)
+    completed with ``defaults`` and checked: temperatures > 0, epochs integers >= 0."""
+    unknown = set(given or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f'{key} takes {sorted(defaults)}, got unknown keys {sorted(unknown)}')
+    schedule = dict(defaults, **(given or {}))
+    for name in ('start', 'end'):
+        check_positive(f'{key}.{name}', schedule[name])
+    for name in set(schedule) - {'start', 'end'}:
+        check_int(f'{key}.{name}', schedule[name], minimum=0)
+    return schedule
 
 
 class SelfDistillation(BaseSelfSupervisor):
@@ -128,8 +187,8 @@ class SelfDistillation(BaseSelfSupervisor):
         self.loss_module = MODELS.build(loss)
         self.backbone_init = backbone_init
         self.num_global_views = num_global_views
-        self.teacher_temp_cfg = dict(start=0.04, end=0.04, warmup_epochs=0)
-        self.teacher_temp_cfg.update(teacher_temp or {})
+        self.teacher_temp_cfg = temperature_schedule(
+            'model.teacher_temp', teacher_temp, dict(start=0.04, end=0.04, warmup_epochs=0))
         self.teacher = TeacherEMA(self._student_modules(), momentum=1.0 - teacher_momentum,
                                  end_momentum=1.0 - teacher_momentum_end)
         self.teacher.train(False)

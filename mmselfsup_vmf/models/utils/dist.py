@@ -11,12 +11,13 @@ Two kinds of reduction are needed and they must not be mixed up:
   f(Σ_r x_r), the gradient reaching rank r's x_r is N·∂f/∂x_r; DDP's gradient averaging
   (÷N) then gives exactly the gradient of the global objective.
 """
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
 from mmengine import dist as mm_dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 
 def is_distributed() -> bool:
@@ -68,3 +69,25 @@ def differentiable_all_reduce_sum(tensor: Tensor,
     from torch.distributed.nn.functional import all_reduce
     kwargs = {} if group is None else {'group': group}
     return all_reduce(tensor, op=torch_dist.ReduceOp.SUM, **kwargs)
+
+
+def local_shard(tensor: Tensor) -> Tensor:
+    """The tensor this rank stores: a DTensor's local shard (aliasing it), else ``tensor``."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def finite_flags(tensors: Sequence[Optional[Tensor]], device: torch.device) -> Tensor:
+    """One bool per tensor: all its entries are finite (None counts as finite).
+
+    Sharded tensors (FSDP's DTensors) are checked on the local shard and the flags are
+    combined over ranks with one all-reduce (MIN) of the flag vector, so every rank holds the
+    same flags and stops at the same step.
+    """
+    flags = torch.stack([torch.isfinite(local_shard(t)).all() if t is not None
+                         else torch.ones((), dtype=torch.bool, device=device)
+                         for t in tensors])
+    if is_distributed() and any(isinstance(t, DTensor) for t in tensors):
+        as_int = flags.to(torch.int32)  # collectives do not reduce bool tensors
+        torch_dist.all_reduce(as_int, op=torch_dist.ReduceOp.MIN)
+        flags = as_int.bool()
+    return flags

@@ -100,6 +100,8 @@ def test_hook_logs_knn_accuracy_through_runner(tmp_path):
     assert expected > 90.0
     assert abs(hook.last_result['knn/top1'] - expected) <= 100.0 / 497 + 1e-9
     assert runner.message_hub.get_scalar('knn/top1').current() == hook.last_result['knn/top1']
+    # the raw-pixel baseline tools/demo.py prints: the loaders' own images, same protocol
+    assert abs(hook.evaluate_raw_inputs(runner)['knn/top1'] - expected) <= 100.0 / 497 + 1e-9
 
     # knn_features ran with key='teacher', in eval mode, without grad; training resumed in
     # train mode after each evaluation (3 evaluations x 2 loaders x ceil(1300/128 | 497/128)).

@@ -1,0 +1,88 @@
+"""Per-view random parameters of DINO's multi-crop, drawn from one generator per sample.
+
+The distributions are those of the CPU ``MultiCrop`` pipeline
+(:mod:`mmselfsup_vmf.datasets.transforms.multicrop`, DINO's ``DataAugmentationDINO`` in
+facebookresearch/dino ``main_dino.py`` @ 7c446df): mmpretrain's ``RandomResizedCrop`` box,
+flip p=0.5, colour jitter p=0.8 with factors uniform in ``[1-b, 1+b]``, ``[1-c, 1+c]``,
+``[1-s, 1+s]``, ``[-h, h]`` applied in a random order, grayscale p=0.2, Gaussian blur with
+sigma ~ U[0.1, 2] and solarisation, each with its view's probability. Every value is drawn
+for every view whether or not the operation is applied, from one generator per sample, so
+the parameters are a function of the sample's seed only.
+"""
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ViewLaw:
+    """The distribution of one view: output size, crop scale range and probabilities."""
+    size: int
+    scale: Tuple[float, float]
+    blur_prob: float
+    solarize_prob: float = 0.0
+
+
+def resized_crop_boxes(rng: np.random.Generator, height: int, width: int,
+                       scales: np.ndarray, ratio: Sequence[float] = (3 / 4, 4 / 3),
+                       max_attempts: int = 10) -> np.ndarray:
+    """``(V, 4)`` boxes ``(top, left, h, w)`` of random resized crops of one image.
+
+    The law of torchvision's / mmpretrain's ``RandomResizedCrop.rand_crop_params``, one row
+    per view ``scales[v] = (min, max)``: area fraction a ~ U[scale], log aspect
+    r ~ U[log ratio], ``w = round(sqrt(a H W r))``, ``h = round(sqrt(a H W / r))``; the first
+    of ``max_attempts`` draws that fits is kept, its offsets uniform over the valid integer
+    positions; if none fits, the centred largest crop with an aspect ratio inside ``ratio``.
+    All attempts are drawn at once (same law, fewer Python steps).
+    """
+    num = len(scales)
+    lo, hi = scales[:, :1], scales[:, 1:]
+    area = (lo + (hi - lo) * rng.random((num, max_attempts))) * (height * width)
+    log_r = np.log(ratio[0]) + np.log(ratio[1] / ratio[0]) * rng.random((num, max_attempts))
+    aspect = np.exp(log_r)
+    w = np.round(np.sqrt(area * aspect)).astype(np.int64)
+    h = np.round(np.sqrt(area / aspect)).astype(np.int64)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.argmax(1)
+    h, w = h[np.arange(num), first], w[np.arange(num), first]
+    u_top, u_left = rng.random(num), rng.random(num)
+    top = np.floor(u_top * (height - h + 1)).astype(np.int64)
+    left = np.floor(u_left * (width - w + 1)).astype(np.int64)
+    boxes = np.stack([top, left, h, w], 1)
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fb_h, fb_w = int(round(width / min(ratio))), width
+    elif in_ratio > max(ratio):
+        fb_h, fb_w = height, int(round(height * max(ratio)))
+    else:
+        fb_h, fb_w = height, width
+    boxes[~fits.any(1)] = ((height - fb_h) // 2, (width - fb_w) // 2, fb_h, fb_w)
+    return boxes
+
+
+def draw_sample_params(seed: int, height: int, width: int, laws: Sequence[ViewLaw],
+                       color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+                       color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
+                       flip_prob: float = 0.5, sigma_range: Tuple[float, float] = (0.1, 2.0)
+                       ) -> Dict[str, np.ndarray]:
+    """Every random value of every view of one ``height x width`` image, from
+    ``np.random.default_rng(seed)``: arrays with one row per view (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    num = len(laws)
+    brightness, contrast, saturation, hue = color_jitter
+    boxes = resized_crop_boxes(rng, height, width, np.array([law.scale for law in laws]))
+    u = rng.random((num, 5))
+    lo = np.array([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation),
+                   -hue])
+    hi = np.array([1 + brightness, 1 + contrast, 1 + saturation, hue])
+    factors = lo + (hi - lo) * rng.random((num, 4))
+    return dict(box=boxes,
+                flip=u[:, 0] < flip_prob,
+                jitter=u[:, 1] < color_jitter_prob,
+                jitter_factors=factors,
+                jitter_order=np.argsort(rng.random((num, 4)), 1),  # uniform permutations
+                grayscale=u[:, 2] < grayscale_prob,
+                blur=u[:, 3] < np.array([law.blur_prob for law in laws]),
+                sigma=sigma_range[0] + (sigma_range[1] - sigma_range[0]) * rng.random(num),
+                solarize=u[:, 4] < np.array([law.solarize_prob for law in laws]))
