@@ -11,8 +11,8 @@ schedulers, checkpoint layout) with two differences:
   shards of a student parameter and of its EMA copy and the teacher update is a local
   per-shard operation (``TeacherEMA.update_parameters``) with no communication.
 * checkpoints hold full (unsharded) state dicts on CPU, written by rank 0 — the same keys and
-  optimiser layout as a DDP checkpoint, so the export tools and a resume under DDP or FSDP
-  read them unchanged.
+  optimiser layout as a DDP checkpoint, so the export tools read them unchanged and a resume
+  under FSDP is tested (a resume under plain DDP has not been tried).
 """
 import re
 import time
@@ -29,14 +29,18 @@ from mmengine.registry import STRATEGIES
 from mmengine.runner.checkpoint import save_checkpoint
 from mmengine.utils import get_git_hash
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+try:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+except ImportError:  # FSDP2's public API is torch >= 2.6; the rest of the package works without
+    MixedPrecisionPolicy = fully_shard = None
 
 DTYPES = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
 STUDENT_PARTS = ('backbone', 'neck', 'head')
@@ -142,6 +146,9 @@ class FSDP2Strategy(DDPStrategy):
 
     def __init__(self, *, mixed_precision: Optional[dict] = None,
                  reshard_after_forward: bool = True, **kwargs):
+        if fully_shard is None:
+            raise ImportError('FSDP2Strategy needs torch >= 2.6 (torch.distributed.fsdp.'
+                              f'fully_shard); this is torch {torch.__version__}')
         super().__init__(**kwargs)
         self.mp_policy = mixed_precision_policy(mixed_precision)
         self.reshard_after_forward = bool(reshard_after_forward)

@@ -208,3 +208,12 @@ def test_two_fsdp_ranks_equal_one_process(method, fsdp_results, tmp_path):
     for key, value in ref['weights'][-1].items():
         torch.testing.assert_close(sharded['resumed_weights'][key], value, **WEIGHT_TOL,
                                    msg=lambda m, k=key: f'{k}: {m}')
+
+
+def test_without_fsdp2_api_the_strategy_names_the_torch_it_needs(monkeypatch):
+    """torch < 2.6 has no public fully_shard: the package still imports, the strategy says why
+    it cannot be built (simulated by removing the API from the module)."""
+    from mmselfsup_vmf.engine import fsdp2_strategy
+    monkeypatch.setattr(fsdp2_strategy, 'fully_shard', None)
+    with pytest.raises(ImportError, match=r'needs torch >= 2\.6 .* this is torch '):
+        fsdp2_strategy.FSDP2Strategy()
