@@ -2,7 +2,7 @@
 
 mmengine's ``LocalVisBackend`` writes ``<work_dir>/<timestamp>/vis_data/scalars.json`` (and
 ``<timestamp>.json``): one JSON dict per line. Training lines carry ``iter`` and the losses
-(``loss``, ``loss_dino``, ``loss_ibot``, ``loss_comp``, ``loss_expa`` ...); the k-NN hook
+(``loss``, ``loss_dino``, ``loss_patch``, ``loss_comp``, ``loss_expa`` ...); the k-NN hook
 writes ``knn/top1``-style keys with ``step`` = iterations done.
 
 x axis = training iteration. A line without ``iter`` (k-NN or validation) is placed at its
