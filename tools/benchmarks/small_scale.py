@@ -15,8 +15,9 @@ Experiments (``--experiment``):
               teacher momentum of its best sweep trial (k-NN top-1) once the sweep has run
   sweep       seed 0, every method on the same lr x teacher-momentum grid, short budget
               (one epoch of a 20,000-image subset), final evaluation only
-  robustness  issue 9 section 3: lr x 3, temperature / eps x 3, DINO without centring,
-              momentum 0 (no self-distillation), DINO with unnormalised prototypes, 'debye'
+  robustness  the papers' stability claims at the sweep budget: lr x 3, temperature / eps x 3,
+              DINO without centring, momentum 0 (no self-distillation), DINO with
+              unnormalised prototypes, DINO-vMF with the 'debye' normaliser
   smoke       one tiny run (256 images, small k-NN sets) for CI
 
 Usage:
@@ -99,12 +100,14 @@ def sweep_runs(args) -> List[dict]:
 
 
 def robustness_runs(args) -> List[dict]:
-    """Issue 9 section 3 at the sweep budget, seed 0, around each method's chosen recipe."""
+    """The papers' stability claims at the sweep budget (1 epoch on the 20,000-image
+    subset), seed 0, around each method's chosen recipe."""
     epochs = args.epochs or SWEEP_EPOCHS
+    subset = {'train_dataloader.dataset.dataset.num_samples': SWEEP_IMAGES}
     runs = []
 
     def add(name, method, overrides):
-        recipe = tuned_overrides(args.out, method)
+        recipe = dict(subset, **tuned_overrides(args.out, method))
         runs.append(run_spec('robustness', name, method, 0, epochs, dict(recipe, **overrides)))
     for method in ('dino', 'simdino'):
         for factor in (0.3, 3.0, 10.0):
