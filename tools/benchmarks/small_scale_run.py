@@ -188,8 +188,10 @@ def run_one(run_spec: dict, result_path: str) -> dict:
     iters_per_epoch = len(runner.train_dataloader)
     pure_train_s = max(train_s - knn_hook_s, 1e-9)
     curve = read_log_series(run_spec['work_dir'], ['knn/top1'])['knn/top1']
+    # collapse signs: the teacher's argmax/entropy (prototype methods), the alignment and the
+    # coding rate (SimDINO: comp -> 1 with expa -> 0)
     logged = read_log_series(run_spec['work_dir'], ['teacher_unique_argmax', 'teacher_entropy',
-                                                'loss'])
+                                                'loss', 'comp', 'expa'])
     usage_path = osp.join(run_spec['work_dir'], 'prototype_usage.json')
     usage = None
     if osp.isfile(usage_path):
