@@ -1,6 +1,7 @@
 """tools/benchmarks/small_scale.py: the smoke experiment end to end (Runner training, teacher
 k-NN and logistic probe, raw-pixel row, table, figures), restart skipping, and the grids."""
 import json
+import math
 import os.path as osp
 import sys
 
@@ -83,3 +84,38 @@ def test_set_epochs_stretches_the_schedule():
     warmup = next(s for s in cfg.param_scheduler if s['type'] == 'LinearLR')
     cosine = next(s for s in cfg.param_scheduler if s['type'] == 'CosineAnnealingLR')
     assert warmup['end'] == cosine['begin'] == 0.25 and cosine['T_max'] == 0.75
+
+
+def test_collapse_signs_name_each_kind_of_collapse():
+    from small_scale_report import collapse_signs, collapse_table
+    k = 1024
+
+    def run(knn_curve, history=None, train_log=None):
+        return dict(run_spec=dict(name='r', overrides={}), knn_curve=knn_curve,
+                    knn_top1=knn_curve[-1][1], linear_top1=50.0,
+                    prototype_usage=dict(history=history) if history else None,
+                    train_log=train_log or {})
+
+    def usage(entropy, effective, distinct):
+        return [dict(mean_entropy=entropy, effective_number=effective,
+                     distinct_argmax=distinct, num_prototypes=k)]
+    ln_k = math.log(k)  # 6.931 nats
+    healthy = collapse_signs(run([[0, 69.6], [1, 76.4]], usage(0.8 * ln_k, 660.0, 47)))
+    assert healthy['verdict'] == 'learns'
+    assert healthy['entropy_ratio'] == pytest.approx(0.8)
+    # every image maps to the same near-uniform distribution, features stuck at init
+    uniform = collapse_signs(run([[0, 69.6], [1, 70.1]], usage(0.99 * ln_k, 1024.0, 800)))
+    assert uniform['verdict'] == 'k-NN at init, uniform teacher'
+    # one prototype wins on every probe image (its effective number is 1)
+    one = collapse_signs(run([[0, 69.6], [1, 75.0]], usage(0.01, 1.0, 1)))
+    assert one['verdict'] == 'one prototype'
+    # 1.9 effective prototypes with 3 distinct argmax is still a collapse: exp(H) < 2
+    assert collapse_signs(run([[0, 60], [1, 70]], usage(0.1, 1.9, 3)))['verdict'] == (
+        'one prototype')
+    # SimDINO: no prototypes; comp / expa are the last logged values
+    sim = collapse_signs(run([[0, 68.1], [1, 68.5]],
+                             train_log=dict(comp=[[10, 0.5], [20, 0.999]],
+                                            expa=[[10, 3.0], [20, 0.01]])))
+    assert (sim['comp'], sim['expa'], sim['verdict']) == (0.999, 0.01, 'k-NN at init')
+    table = collapse_table([run([[0, 69.6], [1, 70.1]], usage(0.99 * ln_k, 1024.0, 800))])
+    assert '| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — |' in table

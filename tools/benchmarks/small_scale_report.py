@@ -12,6 +12,7 @@ seeds, wall time per run, images/s) and PNG figures:
 """
 import glob
 import json
+import math
 import os.path as osp
 import statistics
 from collections import OrderedDict
@@ -93,6 +94,64 @@ def markdown_table(summary, raw: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+COLLAPSE_KNN_GAIN = 1.0  # k-NN points over the random initialisation: less = "back to init"
+COLLAPSE_UNIFORM = 0.98  # mean teacher entropy / ln K above this: every image gets ~uniform
+
+
+def _last(series: List[List[float]]):
+    return series[-1][1] if series else None
+
+
+def collapse_signs(run: dict) -> Dict:
+    """The end-of-training collapse signs of one run, and a verdict naming the ones that hold:
+
+    - 'k-NN at init': final k-NN < init k-NN + COLLAPSE_KNN_GAIN points;
+    - 'one prototype': the teacher's distinct argmax on the probe images is 1, or the
+      effective number exp(H(p_bar)) < 2 (DINO's dominant-dimension collapse);
+    - 'uniform teacher': mean per-image teacher entropy > COLLAPSE_UNIFORM * ln K (its
+      uniform collapse).
+    SimDINO's signs are its alignment ``comp`` (cosine, -> 1) and coding rate ``expa`` (-> 0),
+    reported from the training log at the last logged iteration."""
+    curve = run.get('knn_curve') or []
+    knn_init = curve[0][1] if curve and curve[0][0] == 0 else None
+    out = dict(knn_init=knn_init, knn_final=run['knn_top1'], linear=run['linear_top1'],
+               entropy_ratio=None, effective_number=None, distinct_argmax=None,
+               comp=_last(run.get('train_log', {}).get('comp', [])),
+               expa=_last(run.get('train_log', {}).get('expa', [])))
+    signs = []
+    if knn_init is not None and run['knn_top1'] < knn_init + COLLAPSE_KNN_GAIN:
+        signs.append('k-NN at init')
+    usage = run.get('prototype_usage')
+    if usage and usage.get('history'):
+        last = usage['history'][-1]
+        ratio = last['mean_entropy'] / math.log(last['num_prototypes'])
+        out.update(entropy_ratio=ratio, effective_number=last['effective_number'],
+                   distinct_argmax=last['distinct_argmax'])
+        if last['distinct_argmax'] <= 1 or last['effective_number'] < 2:
+            signs.append('one prototype')
+        if ratio > COLLAPSE_UNIFORM:
+            signs.append('uniform teacher')
+    out['verdict'] = ', '.join(signs) or 'learns'
+    return out
+
+
+def collapse_table(runs: List[dict]) -> str:
+    def fmt(value, spec):
+        return '—' if value is None else format(value, spec)
+    lines = ['| run | changes | k-NN init → final (%) | linear (%) | teacher H / ln K | '
+             'effective prototypes | distinct argmax | comp | expa | verdict |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for run in runs:
+        c = collapse_signs(run)
+        lines.append(
+            f'| {run["run_spec"]["name"]} | {overrides_text(run["run_spec"]["overrides"])} | '
+            f'{fmt(c["knn_init"], ".2f")} → {c["knn_final"]:.2f} | {c["linear"]:.2f} | '
+            f'{fmt(c["entropy_ratio"], ".3f")} | {fmt(c["effective_number"], ".0f")} | '
+            f'{fmt(c["distinct_argmax"], "d")} | {fmt(c["comp"], ".3f")} | '
+            f'{fmt(c["expa"], ".2f")} | {c["verdict"]} |')
+    return '\n'.join(lines) + '\n'
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use('Agg')
@@ -168,6 +227,9 @@ def write_report(exp_dir: str, raw: dict) -> List[str]:
     table_path = osp.join(exp_dir, 'results.md')
     with open(table_path, 'w') as f:
         f.write(markdown_table(summary, raw))
+        f.write('\nCollapse signs at the end of each run (probe images for the teacher; '
+                'comp / expa from the training log):\n\n')
+        f.write(collapse_table(sorted(runs, key=lambda r: r['run_spec']['name'])))
     paths = [results_path, table_path]
     if runs:
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
