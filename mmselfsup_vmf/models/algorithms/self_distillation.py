@@ -61,6 +61,16 @@ class TeacherEMA(CosineEMA):
 
     max_iters: Optional[int] = None
 
+    def __init__(self, model: nn.Module, momentum: float, end_momentum: float = 0.0,
+                 **kwargs) -> None:
+        # mmengine's BaseAveragedModel asserts 0 < momentum < 1, but both ends mean something
+        # here: weight 1 (DINO momentum 0) copies the student at every step, i.e. no
+        # self-distillation (SimDINO's robustness experiment); weight 0 freezes the teacher.
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f'TeacherEMA: update weight must be in [0, 1], got {momentum}')
+        super().__init__(model, momentum=0.5, end_momentum=end_momentum, **kwargs)
+        self.momentum = float(momentum)
+
     def update_weight(self, steps: int) -> float:
         """The weight 1 - m of the student in the update of call ``steps``."""
         if self.max_iters is None:

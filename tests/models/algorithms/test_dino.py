@@ -86,6 +86,24 @@ def test_ema_update_on_real_modules():
         assert torch.equal(value, student[name])
 
 
+@pytest.mark.parametrize('momentum, copies', [(0.0, True), (1.0, False)])
+def test_momentum_ends_copy_or_freeze_the_teacher(momentum, copies):
+    """DINO momentum 0 (update weight 1, outside mmengine's open interval) makes the teacher
+    the student after every update ("no self-distillation"); momentum 1 freezes it."""
+    model = build_dino(teacher_momentum=momentum, teacher_momentum_end=momentum)
+    model.set_train_progress(epoch=0, iteration=0, max_iters=10)
+    model.update_teacher()  # first call: copy
+    old = {k: v.clone() for k, v in model.teacher.module.state_dict().items()}
+    for step in range(2):
+        with torch.no_grad():
+            for p in model._student_modules().parameters():
+                p.mul_(1.5).add_(0.3)
+        model.update_teacher()
+        student = model._student_modules().state_dict()
+        for name, value in model.teacher.module.named_parameters():
+            assert torch.equal(value, student[name] if copies else old[name]), (step, name)
+
+
 # ----------------------------------------------------------------------------- routing
 def test_only_global_crops_go_through_the_teacher():
     model = build_dino()
