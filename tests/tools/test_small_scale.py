@@ -3,6 +3,7 @@ k-NN and logistic probe, raw-pixel row, table, figures), restart skipping, and t
 import json
 import math
 import os.path as osp
+import statistics
 import sys
 
 import cv2
@@ -119,3 +120,28 @@ def test_collapse_signs_name_each_kind_of_collapse():
     assert (sim['comp'], sim['expa'], sim['verdict']) == (0.999, 0.01, 'k-NN at init')
     table = collapse_table([run([[0, 69.6], [1, 70.1]], usage(0.99 * ln_k, 1024.0, 800))])
     assert '| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — |' in table
+
+
+def test_claims_pair_seeds_and_need_three_of_them():
+    from small_scale_report import claims_table, paired_difference, verdict
+
+    def run(method, seed, knn, linear=50.0):
+        return dict(run_spec=dict(name=f'{method}_s{seed}', method=method, seed=seed),
+                    knn_top1=knn, linear_top1=linear)
+    # per-seed differences +1.0, +1.2, +0.8: mean 1.0, std 0.2, 2 SE = 0.231
+    runs = [run('dino', s, v) for s, v in enumerate((70.0, 75.0, 72.0))]
+    runs += [run('dino_vmf', s, v) for s, v in enumerate((71.0, 76.2, 72.8))]
+    mean, std, n = paired_difference(runs, 'dino_vmf', 'dino', 'knn_top1')
+    assert (mean, std, n) == (pytest.approx(1.0), pytest.approx(0.2), 3)
+    assert verdict(mean, std, n) == 'holds (higher)'
+    # the unpaired spread (std 2.5 across seeds) would hide this; the pairing does not
+    assert verdict(-1.0, 0.2, 3) == 'fails (lower)'
+    # differences +0.1, -0.2, +0.3: mean 0.067 < 2 SE = 0.291
+    assert verdict(0.2 / 3, statistics.stdev([0.1, -0.2, 0.3]), 3) == 'holds within seed noise'
+    assert verdict(5.0, 0.1, 2) == 'no verdict (2 seeds)'
+    # a seed only one side has finished is left out of the pairing
+    runs.append(run('dino_vmf', 3, 99.0))
+    assert paired_difference(runs, 'dino_vmf', 'dino', 'knn_top1')[2] == 3
+    table = claims_table(runs)
+    assert '| DINO-vMF ≥ DINO | 3 | +1.00 ± 0.20 | holds (higher) | +0.00 ± 0.00 |' in table
+    assert '| SimDINO ≥ DINO | 0 | — | not run |' in table

@@ -94,6 +94,57 @@ def markdown_table(summary, raw: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+# the papers' claims tested by the study: (method, baseline) -- DINO-vMF (arXiv:2405.14467)
+# and iBOT-vMF against their baselines, SimDINO (arXiv:2502.10385) against DINO
+CLAIMS = (('dino_vmf', 'dino'), ('ibot_vmf', 'ibot'), ('simdino', 'dino'))
+
+
+def paired_difference(runs: List[dict], method: str, baseline: str, key: str):
+    """Per-seed differences method - baseline of ``key`` over the seeds both have finished:
+    (mean, sample std or None, n)."""
+    def by_seed(m):
+        return {r['run_spec']['seed']: r[key] for r in runs
+                if group_name(r) == m and r['run_spec']['method'] == m}
+    a, b = by_seed(method), by_seed(baseline)
+    diffs = [a[seed] - b[seed] for seed in sorted(set(a) & set(b))]
+    if not diffs:
+        return None, None, 0
+    std = statistics.stdev(diffs) if len(diffs) > 1 else None
+    return statistics.mean(diffs), std, len(diffs)
+
+
+def verdict(mean: float, std, n: int) -> str:
+    """The claim "method >= baseline": higher when the mean paired difference is more than
+    two standard errors above 0, lower when more than two below, within seed noise otherwise;
+    fewer than 3 seeds make no verdict."""
+    if n < 3 or std is None:
+        return f'no verdict ({n} seed{"s" if n != 1 else ""})'
+    se = std / math.sqrt(n)
+    if mean > 2 * se:
+        return 'holds (higher)'
+    if mean < -2 * se:
+        return 'fails (lower)'
+    return 'holds within seed noise'
+
+
+def claims_table(runs: List[dict]) -> str:
+    lines = ['| claim | seeds | k-NN difference (points) | verdict | linear difference (points) '
+             '| verdict |', '|---|---|---|---|---|---|']
+    for method, baseline in CLAIMS:
+        cells = []
+        n = 0
+        for key in ('knn_top1', 'linear_top1'):
+            mean, std, n = paired_difference(runs, method, baseline, key)
+            if mean is None:
+                cells += ['—', 'not run']
+                continue
+            spread = '' if std is None else f' ± {std:.2f}'
+            cells += [f'{mean:+.2f}{spread}', verdict(mean, std, n)]
+        lines.append(f'| {METHOD_NAMES[method]} ≥ {METHOD_NAMES[baseline]} | {n} | '
+                     + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 COLLAPSE_KNN_GAIN = 1.0  # k-NN points over the random initialisation: less = "back to init"
 COLLAPSE_UNIFORM = 0.98  # mean teacher entropy / ln K above this: every image gets ~uniform
 
@@ -230,6 +281,9 @@ def write_report(exp_dir: str, raw: dict) -> List[str]:
         f.write('\nCollapse signs at the end of each run (probe images for the teacher; '
                 'comp / expa from the training log):\n\n')
         f.write(collapse_table(sorted(runs, key=lambda r: r['run_spec']['name'])))
+        f.write('\nThe papers\' claims: paired per-seed differences (mean ± std over seeds); '
+                'higher / lower when the mean is more than two standard errors from 0:\n\n')
+        f.write(claims_table(runs))
     paths = [results_path, table_path]
     if runs:
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
