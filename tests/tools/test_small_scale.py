@@ -44,7 +44,7 @@ def test_smoke_study_writes_parsable_outputs(tmp_path, capsys):
     assert (raw['num_bank'], raw['num_queries'], raw['feature_dim']) == (1000, 500, 784)
     table = (exp / 'results.md').read_text().splitlines()
     assert table[2].startswith('| raw pixels |') and table[3].startswith('| dino_vmf |')
-    for png in ('knn_vs_epoch.png', 'prototype_usage.png'):
+    for png in ('knn_vs_epoch.png', 'knn_final.png', 'prototype_usage.png'):
         image = cv2.imread(str(exp / png))
         assert image is not None and image.shape[0] > 100, png
     # a restart skips the finished run and only rewrites the report

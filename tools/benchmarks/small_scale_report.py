@@ -6,6 +6,8 @@ seeds, wall time per run, images/s) and PNG figures:
 
 - ``knn_vs_epoch.png``: teacher k-NN top-1 (full split) after every epoch, one line per run
   group (mean over seeds), raw pixels as a dashed line;
+- ``knn_final.png``: every run's final k-NN as a bar, its random-init value as a tick, red
+  when a collapse sign holds (``collapse_signs``);
 - ``prototype_usage.png``: DINO vs DINO-vMF (and iBOT vs iBOT-vMF when present) teacher
   prototype utilisation on fixed probe images over training (effective number exp(H(p_bar))
   and distinct argmax), and the final kappa = ||w|| / tau distribution.
@@ -236,6 +238,35 @@ def plot_knn_curves(runs: List[dict], raw: dict, out: str) -> str:
     return out
 
 
+def plot_final_knn(runs: List[dict], raw: dict, out: str) -> str:
+    """One bar per run: final teacher k-NN, its random-init value as a tick, the collapse
+    verdict in the label and raw pixels as a dashed line."""
+    plt = _pyplot()
+    runs = sorted(runs, key=lambda r: r['run_spec']['name'])
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(runs) + 1.5), dpi=100)
+    ys = range(len(runs))
+    signs = [collapse_signs(r) for r in runs]
+    colours = ['tab:blue' if c['verdict'] == 'learns' else 'tab:red' for c in signs]
+    ax.barh(ys, [c['knn_final'] for c in signs], color=colours, alpha=0.7)
+    inits = [(y, c['knn_init']) for y, c in zip(ys, signs) if c['knn_init'] is not None]
+    if inits:
+        ax.scatter([v for _, v in inits], [y for y, _ in inits], marker='|', s=200, c='k',
+                   label='random init', zorder=3)
+    ax.axvline(raw['knn_top1'], color='k', linestyle='--', label='raw pixels')
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([f'{r["run_spec"]["name"]} ({c["verdict"]})'
+                        for r, c in zip(runs, signs)], fontsize=7)
+    low = min([c['knn_final'] for c in signs] + [v for _, v in inits])
+    ax.set_xlim(max(0.0, low - 5), max(raw['knn_top1'], max(c['knn_final'] for c in signs)) + 2)
+    ax.set_xlabel('teacher k-NN top-1 (%), full split; red = a collapse sign holds')
+    ax.grid(alpha=0.3, axis='x')
+    ax.legend(fontsize=7, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_prototype_usage(runs: List[dict], out: str) -> str:
     plt = _pyplot()
     with_usage = [r for r in runs if r.get('prototype_usage')]
@@ -287,5 +318,6 @@ def write_report(exp_dir: str, raw: dict) -> List[str]:
     paths = [results_path, table_path]
     if runs:
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
+        paths.append(plot_final_knn(runs, raw, osp.join(exp_dir, 'knn_final.png')))
         paths.append(plot_prototype_usage(runs, osp.join(exp_dir, 'prototype_usage.png')))
     return paths
