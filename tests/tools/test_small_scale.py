@@ -2,6 +2,7 @@
 k-NN and logistic probe, raw-pixel row, table, figures), restart skipping, and the grids."""
 import json
 import math
+import os
 import os.path as osp
 import statistics
 import sys
@@ -145,3 +146,23 @@ def test_claims_pair_seeds_and_need_three_of_them():
     table = claims_table(runs)
     assert '| DINO-vMF ≥ DINO | 3 | +1.00 ± 0.20 | holds (higher) | +0.00 ± 0.00 |' in table
     assert '| SimDINO ≥ DINO | 0 | — | not run |' in table
+
+
+def test_two_drivers_never_claim_the_same_run(tmp_path):
+    import subprocess
+    work = str(tmp_path)
+    assert small_scale.claim_run(work)  # free: taken, our pid written
+    assert (tmp_path / 'driver.lock').read_text() == str(os.getpid())
+    # a live driver (another process) holds it: not ours
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])
+    try:
+        (tmp_path / 'driver.lock').write_text(str(other.pid))
+        assert not small_scale.claim_run(work)
+    finally:
+        other.kill()
+        other.wait()
+    # that driver is gone (its pid no longer exists): the stale lock is taken over
+    assert small_scale.claim_run(work)
+    assert (tmp_path / 'driver.lock').read_text() == str(os.getpid())
+    small_scale.release_run(work)
+    assert not (tmp_path / 'driver.lock').exists()

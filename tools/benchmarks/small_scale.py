@@ -7,8 +7,10 @@ own process (one torch thread), then evaluates the teacher's CLS features with w
 and a logistic-regression linear probe (``mmselfsup_vmf/evaluation/logistic_probe.py``).
 Every run writes its own result file atomically (``<out>/<experiment>/runs/<run>.json``); a
 restarted driver skips runs whose file exists and resumes a stopped run from its last
-checkpoint (``<work-root>/<experiment>/<run>/``). At the end (and with ``--report``) it writes
-``results.json``, ``results.md`` and PNG figures next to the runs.
+checkpoint (``<work-root>/<experiment>/<run>/``). Drivers started side by side on the same
+list (one per free core) share it: each run is locked by the driver that trains it. At the
+end (and with ``--report``) it writes ``results.json``, ``results.md`` and PNG figures next
+to the runs.
 
 Experiments (``--experiment``):
   study       methods x seeds at the study budget (default), each method with the lr and
@@ -161,6 +163,41 @@ def format_seconds(seconds: float) -> str:
         f'{seconds // 60}m{seconds % 60:02d}s'
 
 
+def claim_run(work_dir: str) -> bool:
+    """Take the run's lock (``<work_dir>/driver.lock``, the driver's pid) unless a live
+    driver holds it, so that two drivers on one list (one per core) never train the same run;
+    a lock whose process has ended is taken over."""
+    path = osp.join(work_dir, 'driver.lock')
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                try:
+                    os.remove(path)  # stale: its driver is gone
+                except FileNotFoundError:
+                    pass
+                continue
+            except PermissionError:  # alive, another user's
+                return False
+        with os.fdopen(fd, 'w') as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release_run(work_dir: str) -> None:
+    try:
+        os.remove(osp.join(work_dir, 'driver.lock'))
+    except FileNotFoundError:
+        pass
+
+
 def launch(run_spec: dict, result_path: str, log_path: str, in_process: bool) -> bool:
     if in_process:
         from small_scale_run import run_one
@@ -235,14 +272,21 @@ def main(argv=None) -> int:
                         command=command)
             os.makedirs(run_spec['work_dir'], exist_ok=True)
             result_path = osp.join(runs_dir, run_spec['name'] + '.json')
+            if read_result(result_path) is not None or not claim_run(run_spec['work_dir']):
+                print(f'[{datetime.datetime.now():%H:%M:%S}] {run_spec["name"]}: finished or '
+                      'running in another driver, skipped', flush=True)
+                continue
             eta = (f', ETA {format_seconds(sum(durations) / len(durations) * (len(pending) - i))}'
                    if durations else '')
             print(f'[{datetime.datetime.now():%H:%M:%S}] run {i + 1}/{len(pending)} '
                   f'{run_spec["name"]} (load {os.getloadavg()[0]:.2f}{eta}); log: '
                   f'{run_spec["work_dir"]}/driver.log', flush=True)
             start = time.time()
-            ok = launch(run_spec, result_path, osp.join(run_spec['work_dir'], 'driver.log'),
-                        args.in_process)
+            try:
+                ok = launch(run_spec, result_path, osp.join(run_spec['work_dir'], 'driver.log'),
+                            args.in_process)
+            finally:
+                release_run(run_spec['work_dir'])
             durations.append(time.time() - start)
             result = read_result(result_path) if ok else None
             if result is None:
