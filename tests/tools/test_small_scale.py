@@ -110,10 +110,11 @@ def test_collapse_signs_name_each_kind_of_collapse():
     assert uniform['verdict'] == 'k-NN at init, uniform teacher'
     # one prototype wins on every probe image (its effective number is 1)
     one = collapse_signs(run([[0, 69.6], [1, 75.0]], usage(0.01, 1.0, 1)))
-    assert one['verdict'] == 'one prototype'
-    # 1.9 effective prototypes with 3 distinct argmax is still a collapse: exp(H) < 2
-    assert collapse_signs(run([[0, 60], [1, 70]], usage(0.1, 1.9, 3)))['verdict'] == (
-        'one prototype')
+    assert one['verdict'] == 'few prototypes'
+    # the line is K / 100 = 10.24 effective prototypes, whatever the argmax count
+    assert collapse_signs(run([[0, 60], [1, 70]], usage(0.1, 10.2, 30)))['verdict'] == (
+        'few prototypes')
+    assert collapse_signs(run([[0, 60], [1, 70]], usage(0.1, 10.3, 3)))['verdict'] == 'learns'
     # SimDINO: no prototypes; comp / expa are the last logged values
     sim = collapse_signs(run([[0, 68.1], [1, 68.5]],
                              train_log=dict(comp=[[10, 0.5], [20, 0.999]],

@@ -149,6 +149,7 @@ def claims_table(runs: List[dict]) -> str:
 
 COLLAPSE_KNN_GAIN = 1.0  # k-NN points over the random initialisation: less = "back to init"
 COLLAPSE_UNIFORM = 0.98  # mean teacher entropy / ln K above this: every image gets ~uniform
+COLLAPSE_FEW = 0.01  # effective number below this fraction of K: a few prototypes take all
 
 
 def _last(series: List[List[float]]):
@@ -159,8 +160,8 @@ def collapse_signs(run: dict) -> Dict:
     """The end-of-training collapse signs of one run, and a verdict naming the ones that hold:
 
     - 'k-NN at init': final k-NN < init k-NN + COLLAPSE_KNN_GAIN points;
-    - 'one prototype': the teacher's distinct argmax on the probe images is 1, or the
-      effective number exp(H(p_bar)) < 2 (DINO's dominant-dimension collapse);
+    - 'few prototypes': the effective number exp(H(p_bar)) of the teacher on the probe
+      images is below COLLAPSE_FEW * K (DINO's dominant-dimension collapse; 1 at the limit);
     - 'uniform teacher': mean per-image teacher entropy > COLLAPSE_UNIFORM * ln K (its
       uniform collapse).
     SimDINO's signs are its alignment ``comp`` (cosine, -> 1) and coding rate ``expa`` (-> 0),
@@ -180,8 +181,8 @@ def collapse_signs(run: dict) -> Dict:
         ratio = last['mean_entropy'] / math.log(last['num_prototypes'])
         out.update(entropy_ratio=ratio, effective_number=last['effective_number'],
                    distinct_argmax=last['distinct_argmax'])
-        if last['distinct_argmax'] <= 1 or last['effective_number'] < 2:
-            signs.append('one prototype')
+        if last['effective_number'] < COLLAPSE_FEW * last['num_prototypes']:
+            signs.append('few prototypes')
         if ratio > COLLAPSE_UNIFORM:
             signs.append('uniform teacher')
     out['verdict'] = ', '.join(signs) or 'learns'
