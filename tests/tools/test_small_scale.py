@@ -167,3 +167,22 @@ def test_two_drivers_never_claim_the_same_run(tmp_path):
     assert (tmp_path / 'driver.lock').read_text() == str(os.getpid())
     small_scale.release_run(work)
     assert not (tmp_path / 'driver.lock').exists()
+
+
+def test_the_readme_table_is_rewritten_between_its_markers(tmp_path):
+    from small_scale_report import README_END, README_START, readme_table, update_readme
+    summary = {'dino': dict(method='dino', seeds=[0, 1], knn_top1=[79.0, 78.0],
+                            linear_top1=[77.0, 77.0])}
+    table = readme_table(summary, dict(knn_top1=84.5, linear_top1=83.5))
+    # mean 78.5, sample std 0.71; 78.5 - 84.5 = -6.00
+    assert '| DINO | 2 | 78.50 ± 0.71 | -6.00 | 77.00 ± 0.00 | -6.50 |' in table
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'intro\n{README_START}\nold table\n{README_END}\nrest\n')
+    assert update_readme(str(readme), table)
+    text = readme.read_text()
+    assert 'old table' not in text and text.startswith('intro\n') and text.endswith('rest\n')
+    assert text.count('| DINO |') == 1
+    unmarked = tmp_path / 'OTHER.md'
+    unmarked.write_text('no markers\n')
+    assert not update_readme(str(unmarked), table)
+    assert unmarked.read_text() == 'no markers\n'

@@ -235,6 +235,9 @@ def parse_args(argv=None):
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
     p.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results', 'small_scale'))
+    p.add_argument('--readme', default=osp.join(ROOT, 'README.md'),
+                   help="study only: the file whose methods x results table (between "
+                        "'<!-- small-scale-study:start/end -->') is rewritten; '' for none")
     p.add_argument('--work-root', default=osp.join(ROOT, 'work_dirs', 'small_scale'))
     p.add_argument('--only', nargs='+', help='run only these run names')
     p.add_argument('--list', action='store_true', help='list the runs and their state, exit')
@@ -296,9 +299,14 @@ def main(argv=None) -> int:
                 print(f'  k-NN {result["knn_top1"]:.2f}  linear {result["linear_top1"]:.2f}  '
                       f'({format_seconds(result["wall_seconds"])}, '
                       f'{result["images_per_second"]:.0f} img/s)', flush=True)
-    from small_scale_report import write_report
-    paths = write_report(exp_dir, raw_pixel_result(args.out, args.experiment == 'smoke'))
+    import small_scale_report as report
+    raw = raw_pixel_result(args.out, args.experiment == 'smoke')
+    paths = report.write_report(exp_dir, raw)
     print('wrote ' + ', '.join(paths))
+    if args.experiment == 'study' and args.readme:
+        table = report.readme_table(report.summarise(report.load_runs(exp_dir)), raw)
+        if report.update_readme(args.readme, table):
+            print(f'updated the study table in {args.readme}')
     return 1 if failed else 0
 
 

@@ -147,6 +147,37 @@ def claims_table(runs: List[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+README_START = '<!-- small-scale-study:start -->'
+README_END = '<!-- small-scale-study:end -->'
+
+
+def readme_table(summary, raw: dict) -> str:
+    """The README's methods x results table: mean ± std over seeds and the gap to pixels."""
+    lines = ['| method | seeds | k-NN top-1 (%) | vs raw pixels | linear top-1 (%) | '
+             'vs raw pixels |', '|---|---|---|---|---|---|',
+             f'| raw pixels | — | {raw["knn_top1"]:.2f} | — | {raw["linear_top1"]:.2f} | — |']
+    for s in summary.values():
+        knn, linear = statistics.mean(s['knn_top1']), statistics.mean(s['linear_top1'])
+        lines.append(f'| {METHOD_NAMES.get(s["method"], s["method"])} | {len(s["seeds"])} | '
+                     f'{mean_std(s["knn_top1"])} | {knn - raw["knn_top1"]:+.2f} | '
+                     f'{mean_std(s["linear_top1"])} | {linear - raw["linear_top1"]:+.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def update_readme(path: str, table: str) -> bool:
+    """Replace what stands between README_START and README_END in ``path``; False (file
+    untouched) when the markers are missing."""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    text = text[:start + len(README_START)] + '\n' + table + text[end:]
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
+    return True
+
+
 COLLAPSE_KNN_GAIN = 1.0  # k-NN points over the random initialisation: less = "back to init"
 COLLAPSE_UNIFORM = 0.98  # mean teacher entropy / ln K above this: every image gets ~uniform
 COLLAPSE_FEW = 0.01  # effective number below this fraction of K: a few prototypes take all
@@ -190,8 +221,8 @@ def collapse_signs(run: dict) -> Dict:
 
 
 def collapse_table(runs: List[dict]) -> str:
-    def fmt(value, spec):
-        return '—' if value is None else format(value, spec)
+    def fmt(value, pattern):
+        return '—' if value is None else format(value, pattern)
     lines = ['| run | changes | k-NN init → final (%) | linear (%) | teacher H / ln K | '
              'effective prototypes | distinct argmax | comp | expa | verdict |',
              '|---|---|---|---|---|---|---|---|---|---|']
