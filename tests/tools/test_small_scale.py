@@ -186,3 +186,10 @@ def test_the_readme_table_is_rewritten_between_its_markers(tmp_path):
     unmarked.write_text('no markers\n')
     assert not update_readme(str(unmarked), table)
     assert unmarked.read_text() == 'no markers\n'
+    # docs/benchmarks.md has its own pair of markers; the README's leave it alone
+    from small_scale_report import DOCS_MARKERS
+    docs = tmp_path / 'benchmarks.md'
+    docs.write_text(f'a\n{DOCS_MARKERS[0]}\nold\n{DOCS_MARKERS[1]}\n{README_START}x{README_END}')
+    assert update_readme(str(docs), 'new\n', DOCS_MARKERS)
+    assert docs.read_text() == (f'a\n{DOCS_MARKERS[0]}\nnew\n{DOCS_MARKERS[1]}\n'
+                                f'{README_START}x{README_END}')

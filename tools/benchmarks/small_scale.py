@@ -236,8 +236,9 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
     p.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results', 'small_scale'))
     p.add_argument('--readme', default=osp.join(ROOT, 'README.md'),
-                   help="study only: the file whose methods x results table (between "
-                        "'<!-- small-scale-study:start/end -->') is rewritten; '' for none")
+                   help="study only: the README whose methods x results table (between "
+                        "'<!-- small-scale-study:start/end -->') is rewritten, and the "
+                        "docs/benchmarks.md beside it (its study-details markers); '' for none")
     p.add_argument('--work-root', default=osp.join(ROOT, 'work_dirs', 'small_scale'))
     p.add_argument('--only', nargs='+', help='run only these run names')
     p.add_argument('--list', action='store_true', help='list the runs and their state, exit')
@@ -304,9 +305,14 @@ def main(argv=None) -> int:
     paths = report.write_report(exp_dir, raw)
     print('wrote ' + ', '.join(paths))
     if args.experiment == 'study' and args.readme:
-        table = report.readme_table(report.summarise(report.load_runs(exp_dir)), raw)
-        if report.update_readme(args.readme, table):
+        runs = report.load_runs(exp_dir)
+        summary = report.summarise(runs)
+        if report.update_readme(args.readme, report.readme_table(summary, raw)):
             print(f'updated the study table in {args.readme}')
+        docs = osp.join(osp.dirname(args.readme), 'docs', 'benchmarks.md')
+        if osp.isfile(docs) and report.update_readme(
+                docs, report.docs_tables(summary, raw, runs), report.DOCS_MARKERS):
+            print(f'updated the study tables in {docs}')
     return 1 if failed else 0
 
 

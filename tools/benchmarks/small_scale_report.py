@@ -149,6 +149,14 @@ def claims_table(runs: List[dict]) -> str:
 
 README_START = '<!-- small-scale-study:start -->'
 README_END = '<!-- small-scale-study:end -->'
+DOCS_MARKERS = ('<!-- small-scale-study-details:start -->',
+                '<!-- small-scale-study-details:end -->')
+
+
+def docs_tables(summary, raw: dict, runs: List[dict]) -> str:
+    """docs/benchmarks.md's study tables: per method (mean ± std over seeds) and the claims."""
+    return (markdown_table(summary, raw) + '\nThe papers\' claims (paired per-seed '
+            'differences, mean ± std; a verdict needs 3 seeds):\n\n' + claims_table(runs))
 
 
 def readme_table(summary, raw: dict) -> str:
@@ -164,15 +172,15 @@ def readme_table(summary, raw: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def update_readme(path: str, table: str) -> bool:
-    """Replace what stands between README_START and README_END in ``path``; False (file
-    untouched) when the markers are missing."""
+def update_readme(path: str, table: str, markers=(README_START, README_END)) -> bool:
+    """Replace what stands between the two ``markers`` in ``path``; False (file untouched)
+    when they are missing."""
     with open(path, encoding='utf-8') as f:
         text = f.read()
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
         return False
-    text = text[:start + len(README_START)] + '\n' + table + text[end:]
+    text = text[:start + len(markers[0])] + '\n' + table + text[end:]
     with open(path, 'w', encoding='utf-8') as f:
         f.write(text)
     return True
