@@ -193,3 +193,11 @@ def test_the_readme_table_is_rewritten_between_its_markers(tmp_path):
     assert update_readme(str(docs), 'new\n', DOCS_MARKERS)
     assert docs.read_text() == (f'a\n{DOCS_MARKERS[0]}\nnew\n{DOCS_MARKERS[1]}\n'
                                 f'{README_START}x{README_END}')
+
+
+def test_the_knn_figure_keeps_whole_epochs_only():
+    from small_scale_report import epoch_points
+    # a restarted session (init logged again at iteration 100 of 937) and a resumed one
+    # (k-NN before training at iteration 1017)
+    curve = [[0.0, 68.15], [100 / 937, 68.15], [1.0, 75.0], [1017 / 937, 76.2], [2.0, 77.0]]
+    assert epoch_points(curve) == [[0.0, 68.15], [1.0, 75.0], [2.0, 77.0]]

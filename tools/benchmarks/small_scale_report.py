@@ -252,13 +252,20 @@ def _pyplot():
     return plt
 
 
+def epoch_points(curve: List[List[float]]) -> List[List[float]]:
+    """The k-NN curve at whole epochs (init = 0). A resumed or restarted session also logs
+    a k-NN before it trains, placed at the previous session's last logged iteration; those
+    points are not epoch evaluations and are left out of the figure."""
+    return [[x, v] for x, v in curve if abs(x - round(x)) < 1e-6]
+
+
 def plot_knn_curves(runs: List[dict], raw: dict, out: str) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     curves: 'OrderedDict[str, Dict[float, List[float]]]' = OrderedDict()
     for run in runs:
         points = curves.setdefault(group_name(run), {})
-        for epoch, value in run['knn_curve']:
+        for epoch, value in epoch_points(run['knn_curve']):
             points.setdefault(round(epoch, 3), []).append(value)
     for name, points in curves.items():
         xs = sorted(points)
