@@ -48,6 +48,17 @@ def test_smoke_study_writes_parsable_outputs(tmp_path, capsys):
     for png in ('knn_vs_epoch.png', 'knn_final.png', 'prototype_usage.png'):
         image = cv2.imread(str(exp / png))
         assert image is not None and image.shape[0] > 100, png
+    # with a README (and docs/benchmarks.md beside it) the report also rewrites their tables
+    from small_scale_report import DOCS_MARKERS, README_END, README_START, write_report
+    (tmp_path / 'docs').mkdir()
+    readme, docs = tmp_path / 'README.md', tmp_path / 'docs' / 'benchmarks.md'
+    readme.write_text(f'{README_START}\nold\n{README_END}\n')
+    docs.write_text(f'{DOCS_MARKERS[0]}\nold\n{DOCS_MARKERS[1]}\n')
+    written = write_report(str(exp), raw, str(readme))
+    assert str(readme) in written and str(docs) in written
+    knn = f'{run["knn_top1"]:.2f}'
+    assert f'| DINO-vMF | 1 | {knn}' in readme.read_text()
+    assert '| dino_vmf | DINO-vMF |' in docs.read_text() and 'old' not in docs.read_text()
     # a restart skips the finished run and only rewrites the report
     capsys.readouterr()
     assert small_scale.main(args) == 0

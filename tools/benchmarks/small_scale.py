@@ -302,17 +302,8 @@ def main(argv=None) -> int:
                       f'{result["images_per_second"]:.0f} img/s)', flush=True)
     import small_scale_report as report
     raw = raw_pixel_result(args.out, args.experiment == 'smoke')
-    paths = report.write_report(exp_dir, raw)
-    print('wrote ' + ', '.join(paths))
-    if args.experiment == 'study' and args.readme:
-        runs = report.load_runs(exp_dir)
-        summary = report.summarise(runs)
-        if report.update_readme(args.readme, report.readme_table(summary, raw)):
-            print(f'updated the study table in {args.readme}')
-        docs = osp.join(osp.dirname(args.readme), 'docs', 'benchmarks.md')
-        if osp.isfile(docs) and report.update_readme(
-                docs, report.docs_tables(summary, raw, runs), report.DOCS_MARKERS):
-            print(f'updated the study tables in {docs}')
+    readme = args.readme if args.experiment == 'study' else None
+    print('wrote ' + ', '.join(report.write_report(exp_dir, raw, readme)))
     return 1 if failed else 0
 
 

@@ -18,7 +18,7 @@ import math
 import os.path as osp
 import statistics
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from small_scale_run import write_json_atomic
 
@@ -347,7 +347,10 @@ def plot_prototype_usage(runs: List[dict], out: str) -> str:
     return out
 
 
-def write_report(exp_dir: str, raw: dict) -> List[str]:
+def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[str]:
+    """Write results.json, results.md and the figures of ``exp_dir``; with ``readme``, also
+    rewrite its study table and the detail tables of docs/benchmarks.md beside it. Returns
+    the paths written."""
     runs = load_runs(exp_dir)
     summary = summarise(runs)
     results_path = osp.join(exp_dir, 'results.json')
@@ -367,4 +370,10 @@ def write_report(exp_dir: str, raw: dict) -> List[str]:
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
         paths.append(plot_final_knn(runs, raw, osp.join(exp_dir, 'knn_final.png')))
         paths.append(plot_prototype_usage(runs, osp.join(exp_dir, 'prototype_usage.png')))
+    if readme and update_readme(readme, readme_table(summary, raw)):
+        paths.append(readme)
+    docs = readme and osp.join(osp.dirname(readme), 'docs', 'benchmarks.md')
+    if docs and osp.isfile(docs) and update_readme(docs, docs_tables(summary, raw, runs),
+                                                   DOCS_MARKERS):
+        paths.append(docs)
     return paths
