@@ -212,3 +212,22 @@ def test_the_knn_figure_keeps_whole_epochs_only():
     # (k-NN before training at iteration 1017)
     curve = [[0.0, 68.15], [100 / 937, 68.15], [1.0, 75.0], [1017 / 937, 76.2], [2.0, 77.0]]
     assert epoch_points(curve) == [[0.0, 68.15], [1.0, 75.0], [2.0, 77.0]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not osp.isdir(FASHION), reason='Debian dataset-fashion-mnist not installed')
+def test_a_resumed_run_counts_only_its_own_iterations(tmp_path):
+    args = ['--experiment', 'smoke', '--methods', 'simdino', '--out', str(tmp_path / 'out'),
+            '--work-root', str(tmp_path / 'work'), '--in-process']
+    assert small_scale.main(args + ['--epochs', '1']) == 0
+    result = tmp_path / 'out' / 'smoke' / 'runs' / 'simdino_s0.json'
+    first = json.loads(result.read_text())
+    assert (first['iters'], first['iters_this_session']) == (4, 4)
+    # a longer budget on the same work dir resumes from the epoch-1 checkpoint
+    result.unlink()
+    assert small_scale.main(args + ['--epochs', '2']) == 0
+    second = json.loads(result.read_text())
+    assert (second['iters'], second['iters_this_session']) == (8, 4)
+    assert second['images_per_second'] == pytest.approx(
+        4 * 64 / (second['train_seconds'] - first['train_seconds']
+                  - (second['knn_hook_seconds'] - first['knn_hook_seconds'])), rel=0.05)

@@ -12,6 +12,10 @@ training (the training log's per-batch statistics are on random crops)::
 At the end of training it also stores every student precision kappa_k = ||w_k|| / tau_s
 (the quantity that PrototypeMonitorHook summarises by quantiles). It does not change the
 model or the training; models without prototypes (SimDINO, SimDINOv2) are skipped.
+
+``SessionStartHook`` remembers the iteration a training session starts from (after mmengine
+has resumed, which ``Runner.train`` does before the loop's ``before_train``), so that a
+resumed run's throughput counts only the iterations trained in the measured session.
 """
 import json
 import math
@@ -30,6 +34,17 @@ def effective_number(probs: torch.Tensor) -> float:
     p_bar = probs.double().mean(0)
     p_bar = p_bar / p_bar.sum()
     return math.exp(float(-(p_bar * torch.log(p_bar.clamp_min(1e-300))).sum()))
+
+
+@HOOKS.register_module()
+class SessionStartHook(Hook):
+    """``self.iter``: ``runner.iter`` when training starts (the resumed iteration, or 0)."""
+
+    priority = 'VERY_HIGH'
+    iter = 0
+
+    def before_train(self, runner) -> None:
+        self.iter = runner.iter
 
 
 @HOOKS.register_module()

@@ -153,7 +153,7 @@ def evaluate_features(train, test) -> dict:
 def run_one(run_spec: dict, result_path: str) -> dict:
     import torch
     torch.set_num_threads(1)
-    import small_scale_hooks  # noqa: F401  (registers PrototypeUsageProbeHook)
+    import small_scale_hooks  # also registers PrototypeUsageProbeHook
     from mmengine.runner import Runner
 
     import mmselfsup_vmf  # noqa: F401
@@ -171,10 +171,12 @@ def run_one(run_spec: dict, result_path: str) -> dict:
     for hook in runner.hooks:
         if isinstance(hook, KNNHook):
             hook.evaluate = _timed(hook.evaluate, hook_times)
-    iters_before = runner.iter
+    session = small_scale_hooks.SessionStartHook()
+    runner.register_hook(session)
     start = time.time()
     runner.train()
-    train_s = previous['train_seconds'] + time.time() - start
+    session_train_s = time.time() - start
+    train_s = previous['train_seconds'] + session_train_s
     knn_hook_s = previous['knn_hook_seconds'] + sum(hook_times)
     write_json_atomic(timing_path, dict(train_seconds=train_s, knn_hook_seconds=knn_hook_s,
                                         sessions=previous['sessions'] + 1))
@@ -186,7 +188,9 @@ def run_one(run_spec: dict, result_path: str) -> dict:
     result = evaluate_features(train, test)
     batch = cfg.train_dataloader.batch_size
     iters_per_epoch = len(runner.train_dataloader)
-    pure_train_s = max(train_s - knn_hook_s, 1e-9)
+    # throughput of this session: a resumed run's earlier sessions may have left no timing
+    iters_this_session = runner.iter - session.iter
+    pure_train_s = max(session_train_s - sum(hook_times), 1e-9)
     curve = read_log_series(run_spec['work_dir'], ['knn/top1'])['knn/top1']
     # collapse signs: the teacher's argmax/entropy (prototype methods), the alignment and the
     # coding rate (SimDINO: comp -> 1 with expa -> 0)
@@ -202,11 +206,11 @@ def run_one(run_spec: dict, result_path: str) -> dict:
         knn_curve=[[x / iters_per_epoch, v] for x, v in curve],
         train_log={k: v[::max(1, len(v) // 200)] for k, v in logged.items()},
         prototype_usage=usage,
-        iters=runner.iter, iters_this_session=runner.iter - iters_before,
+        iters=runner.iter, iters_this_session=iters_this_session,
         iters_per_epoch=iters_per_epoch, batch_size=batch,
         train_seconds=train_s, knn_hook_seconds=knn_hook_s,
         eval_seconds=extract_s + result['knn_seconds'] + result['linear_seconds'],
-        images_per_second=runner.iter * batch / pure_train_s,
+        images_per_second=iters_this_session * batch / pure_train_s,
         wall_seconds=train_s + extract_s + result['knn_seconds'] + result['linear_seconds'],
         loadavg_start=list(load_start), loadavg_end=list(os.getloadavg()),
         started=started, finished=datetime.datetime.now().isoformat(timespec='seconds'),
