@@ -25,6 +25,8 @@ OUTSIDE_DOCUMENT = [
     (re.compile(r'\[R\]'), "'[R]' marker: say 'reconstruction' and cite "
                            'docs/methods.md#reconstructed-choices'),
     (re.compile(r"\bspec(?:s|'s)?\b", re.IGNORECASE), "'spec': cite what it said instead"),
+    (re.compile(r"\b(?:the|this|that) issue(?:'s)?\b|\bissue \d+\b", re.IGNORECASE),
+     'a work item of the project: say what it found instead'),
 ]
 # Python's import machinery calls its objects 'spec'; those lines are not citations.
 IMPORTLIB_IDIOM = re.compile(r'importlib|spec\.loader')
@@ -129,8 +131,11 @@ def test_outside_citation_detector_catches_each_form():
               'spec = importlib.util.spec_from_file_location(name, path)\n'
               'module = importlib.util.module_from_spec(spec)\n'
               'spec.loader.exec_module(module)\n'
-              'q = 7  # unspecified order, scipy.special, specific\n')
-    assert [n for n, _, _ in outside_citations(sample)] == [1, 2, 3, 4, 5, 6]
+              'q = 7  # unspecified order, scipy.special, specific\n'
+              't = 8  # the issue' + "'s repro\n"
+              's = 9  # as asked in issue 9\n'
+              'r = 10  # an upstream GitHub issue, issues, tissue\n')
+    assert [n for n, _, _ in outside_citations(sample)] == [1, 2, 3, 4, 5, 6, 11, 12]
 
 
 # ------------------------------------------------------------------------ the repository

@@ -142,7 +142,7 @@ def test_mismatch_helper_revises_module_prefix():
 
 # ----------------------------------------------------------------------------- head / loss
 def test_negative_prototypes_through_tools_train(tmp_path):
-    """The issue's repro: ``--cfg-options model.head.num_prototypes=-1``."""
+    """Reproduction: ``--cfg-options model.head.num_prototypes=-1``."""
     path = dump(tiny_dino_cfg(tmp_path / 'w', epochs=1), tmp_path / 'cfg.py')
     with pytest.raises(ValueError) as excinfo:
         load_train_tool().main([path, '--cfg-options', 'model.head.num_prototypes=-1'])

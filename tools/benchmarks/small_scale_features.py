@@ -60,8 +60,8 @@ def block_features(model, data_batch: dict, n_last_blocks: int = 4) -> Dict[str,
                 cls_avg=torch.cat([cls[-1], patches.mean(dim=1)], dim=-1))
 
 
-def evaluate_run(spec: dict, work_dir: str) -> dict:
-    """Scores of every feature in ``FEATURES`` for the last checkpoint of the run ``spec``
+def evaluate_run(run: dict, work_dir: str) -> dict:
+    """Scores of every feature in ``FEATURES`` for the last checkpoint of the run ``run``
     (the ``run_spec`` of its result file) in ``work_dir``."""
     import torch
     from knn import build_model, knn_dataloader_cfgs, load_weights
@@ -71,7 +71,7 @@ def evaluate_run(spec: dict, work_dir: str) -> dict:
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     checkpoint = osp.join(work_dir, osp.basename(checkpoint))  # the dir may have moved
-    model, cfg = build_model(osp.join(work_dir, osp.basename(spec['config'])))
+    model, cfg = build_model(osp.join(work_dir, osp.basename(run['config'])))
     load_weights(model, checkpoint)
     dims = [0]
     sets = []
@@ -83,7 +83,7 @@ def evaluate_run(spec: dict, work_dir: str) -> dict:
         sets.append(extract_features(concat, Runner.build_dataloader(loader_cfg, seed=0)))
     (train_f, train_y), (test_f, test_y) = sets
     bounds = torch.tensor(dims).cumsum(0).tolist()
-    out = dict(run=spec['name'], method=spec['method'], seed=spec['seed'],
+    out = dict(run=run['name'], method=run['method'], seed=run['seed'],
                checkpoint=osp.relpath(checkpoint, work_dir), features={})
     for name, lo, hi in zip(FEATURES, bounds, bounds[1:]):
         out['features'][name] = evaluate_features((train_f[:, lo:hi], train_y),
@@ -144,8 +144,8 @@ def main(argv=None) -> int:
         try:
             start = time.time()
             with open(osp.join(args.runs_dir, name + '.json')) as f:
-                spec = json.load(f)['run_spec']
-            result = evaluate_run(spec, work_dir)
+                run = json.load(f)['run_spec']
+            result = evaluate_run(run, work_dir)
             result.update(wall_seconds=time.time() - start, loadavg_end=list(os.getloadavg()))
             write_json_atomic(path, result)
         finally:

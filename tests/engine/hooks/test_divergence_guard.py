@@ -38,7 +38,7 @@ def assert_only_finite_checkpoints(work_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize('method', ['dino', 'dino_vmf', 'simdino', 'ibot'])
 def test_lr_1e6_stops_with_the_iteration_and_term(tmp_path, method, capsys):
-    """The issue's repro: lr=1e6. The warm-up keeps epoch 1 finite (its checkpoint is saved);
+    """Reproduction: lr=1e6. The warm-up keeps epoch 1 finite (its checkpoint is saved);
     the run must stop at the first non-finite loss, before any later save."""
     cfg = tiny_method_cfg(method, tmp_path / 'work')
     cfg.optim_wrapper.optimizer.lr = 1e6
