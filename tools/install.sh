@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs mmselfsup_vmf with the exact, tested CPU stack (requirements/constraints.txt) and
 # Debian's Fashion-MNIST (the demo data), into a project virtual environment `.venv/` unless a
-# virtual environment (venv or conda) is already active; the user's own Python is left alone.
+# virtual environment (venv or a conda env other than `base`) is already active; the user's own
+# Python is left alone. Needs Python >= 3.11 (PYTHON=... picks the interpreter of a new .venv/).
 # Usage: tools/install.sh [extras]   e.g. "cpu,tests". Prints the Python it installed into last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,15 +17,36 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "[install] warning: no apt-get; the demo needs Fashion-MNIST's idx files (see docs/install.md)" >&2
   fi
 fi
-if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+# an activated venv or conda env is the user's choice; conda's auto-activated `base` is their
+# own Python, so it only serves as the interpreter of a new .venv/
+if [ -n "${VIRTUAL_ENV:-}" ] || { [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-}" != base ]; }; then
   PY=python
   echo "[install] using the active environment ${VIRTUAL_ENV:-${CONDA_PREFIX}}" >&2
 else
-  if [ ! -x .venv/bin/python ]; then
-    echo "[install] creating the project virtual environment .venv/ (your own Python is not touched)" >&2
-    python3 -m venv .venv
-  fi
   PY=.venv/bin/python
+  BASE_PY=${PYTHON:-python3}
+fi
+# the pinned stack (requirements/constraints.txt: scipy, matplotlib, scikit-learn) needs 3.11
+CHECK_PY=${BASE_PY:-$PY}
+[ -x .venv/bin/python ] && [ "$PY" = .venv/bin/python ] && CHECK_PY=.venv/bin/python
+if ! "$CHECK_PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "[install] error: Python >= 3.11 is needed (the pinned scipy, matplotlib and scikit-learn" >&2
+  echo "          require it); '$CHECK_PY' is $("$CHECK_PY" --version 2>&1 || echo 'not found')." >&2
+  echo "          Run with PYTHON=/path/to/python3.11 (or newer), or activate such an environment." >&2
+  exit 1
+fi
+if [ "$PY" = .venv/bin/python ] && [ ! -x .venv/bin/python ]; then
+  echo "[install] creating the project virtual environment .venv/ with $BASE_PY (your own Python is not touched)" >&2
+  if ! "$BASE_PY" -m venv .venv; then
+    rm -rf .venv
+    echo "[install] error: '$BASE_PY -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
+    echo "          (sudo apt-get install python3-venv) and run this again." >&2
+    exit 1
+  fi
+fi
+if [ -n "${MMSVMF_INSTALL_DRY_RUN:-}" ]; then  # tests: report the choice, install nothing
+  echo "$PY"
+  exit 0
 fi
 if ! "$PY" -c "import mmselfsup_vmf" 2>/dev/null; then
   echo "[install] first install: torch 2.14.1 (its PyPI wheel bundles CUDA libraries, ~6 GB on disk" >&2
