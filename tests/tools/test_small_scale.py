@@ -150,7 +150,7 @@ def test_claims_pair_seeds_and_need_three_of_them():
     # the unpaired spread (std 2.5 across seeds) would hide this; the pairing does not
     assert verdict(-1.0, 0.2, 3) == 'fails (lower)'
     # differences +0.1, -0.2, +0.3: mean 0.067 < 2 SE = 0.291
-    assert verdict(0.2 / 3, statistics.stdev([0.1, -0.2, 0.3]), 3) == 'holds within seed noise'
+    assert verdict(0.2 / 3, statistics.stdev([0.1, -0.2, 0.3]), 3) == 'tie (within seed noise)'
     assert verdict(5.0, 0.1, 2) == 'no verdict (2 seeds)'
     # a seed only one side has finished is left out of the pairing
     runs.append(run('dino_vmf', 3, 99.0))

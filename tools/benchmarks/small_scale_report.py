@@ -117,8 +117,8 @@ def paired_difference(runs: List[dict], method: str, baseline: str, key: str):
 
 def verdict(mean: float, std, n: int) -> str:
     """The claim "method >= baseline": higher when the mean paired difference is more than
-    two standard errors above 0, lower when more than two below, within seed noise otherwise;
-    fewer than 3 seeds make no verdict."""
+    two standard errors above 0, lower when more than two below, a tie otherwise (the seeds
+    then support neither direction); fewer than 3 seeds make no verdict."""
     if n < 3 or std is None:
         return f'no verdict ({n} seed{"s" if n != 1 else ""})'
     se = std / math.sqrt(n)
@@ -126,7 +126,7 @@ def verdict(mean: float, std, n: int) -> str:
         return 'holds (higher)'
     if mean < -2 * se:
         return 'fails (lower)'
-    return 'holds within seed noise'
+    return 'tie (within seed noise)'
 
 
 def claims_table(runs: List[dict]) -> str:
@@ -156,7 +156,8 @@ DOCS_MARKERS = ('<!-- small-scale-study-details:start -->',
 def docs_tables(summary, raw: dict, runs: List[dict]) -> str:
     """docs/benchmarks.md's study tables: per method (mean ± std over seeds) and the claims."""
     return (markdown_table(summary, raw) + '\nThe papers\' claims (paired per-seed '
-            'differences, mean ± std; a verdict needs 3 seeds):\n\n' + claims_table(runs))
+            'differences, mean ± std; a verdict needs 3 seeds; higher / lower when the mean '
+            'is more than two standard errors from 0, a tie otherwise):\n\n' + claims_table(runs))
 
 
 def readme_table(summary, raw: dict) -> str:
