@@ -77,8 +77,11 @@ def test_a_finished_smoke_run_is_rescored_with_every_feature(tmp_path, capsys):
     dim = run['feature_dim']  # the smoke ViT has 2 blocks: cls4 concatenates both
     assert [scores[f]['feature_dim'] for f in ('cls', 'cls4', 'cls_avg')] == [dim, 2 * dim,
                                                                                2 * dim]
-    table = (tmp_path / 'features' / 'features.md').read_text().splitlines()
+    text = (tmp_path / 'features' / 'features.md').read_text()
+    table = text.splitlines()
     assert table[2].startswith('| raw pixels |') and table[3].startswith('| SimDINO | 1 |')
+    # SimDINO >= DINO has no DINO run to pair with here
+    assert "claims with the cls4 feature" in text and '| SimDINO ≥ DINO | 0 |' in text
     # a second call skips the scored run
     capsys.readouterr()
     assert small_scale_features.main(args) == 0

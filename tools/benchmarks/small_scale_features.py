@@ -30,7 +30,7 @@ from typing import Dict, List
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from small_scale import claim_run, release_run  # noqa: E402
-from small_scale_report import METHOD_NAMES  # noqa: E402
+from small_scale_report import METHOD_NAMES, claims_table  # noqa: E402
 from small_scale_run import ROOT, evaluate_features, write_json_atomic  # noqa: E402
 
 FEATURES = ('cls', 'cls4', 'cls_avg')
@@ -115,6 +115,13 @@ def features_table(results: List[dict], raw: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def feature_claims(results: List[dict], feature: str) -> str:
+    """The study's claims table (paired per-seed differences) scored with ``feature``."""
+    runs = [dict(run_spec=dict(name=r['run'], method=r['method'], seed=r['seed']),
+                 **r['features'][feature]) for r in results]
+    return claims_table(runs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--runs-dir', default=osp.join(STUDY, 'runs'),
@@ -163,6 +170,9 @@ def main(argv=None) -> int:
     table = osp.join(args.out, 'features.md')
     with open(table, 'w') as f:
         f.write(features_table(results, raw))
+        for feature in FEATURES[1:]:
+            f.write(f'\nThe papers\' claims with the {feature} feature (paired per-seed '
+                    'differences, as the study\'s table):\n\n' + feature_claims(results, feature))
     print(f'wrote {table} ({len(results)} runs)')
     return 0
 
