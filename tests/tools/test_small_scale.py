@@ -158,6 +158,9 @@ def test_claims_pair_seeds_and_need_three_of_them():
     table = claims_table(runs)
     assert '| DINO-vMF ≥ DINO | 3 | +1.00 ± 0.20 | holds (higher) | +0.00 ± 0.00 |' in table
     assert '| SimDINO ≥ DINO | 0 | — | not run |' in table
+    # any pair of methods, by the same rule
+    other = claims_table(runs, (('dino', 'dino_vmf'), ))
+    assert '| DINO ≥ DINO-vMF | 3 | -1.00 ± 0.20 | fails (lower) |' in other
 
 
 def test_two_drivers_never_claim_the_same_run(tmp_path):
