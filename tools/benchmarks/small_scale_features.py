@@ -23,14 +23,13 @@ import glob
 import json
 import os
 import os.path as osp
-import statistics
 import sys
 import time
 from typing import Dict, List
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from small_scale import claim_run, release_run  # noqa: E402
-from small_scale_report import METHOD_NAMES, claims_table  # noqa: E402
+from small_scale_report import METHOD_NAMES, claims_table, mean_std  # noqa: E402
 from small_scale_run import ROOT, evaluate_features, write_json_atomic  # noqa: E402
 
 FEATURES = ('cls', 'cls4', 'cls_avg')
@@ -89,12 +88,6 @@ def evaluate_run(run: dict, work_dir: str) -> dict:
         out['features'][name] = evaluate_features((train_f[:, lo:hi], train_y),
                                                   (test_f[:, lo:hi], test_y))
     return out
-
-
-def mean_std(values: List[float]) -> str:
-    if len(values) < 2:
-        return f'{values[0]:.2f}'
-    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
 
 
 def features_table(results: List[dict], raw: dict) -> str:
