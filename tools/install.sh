@@ -26,9 +26,9 @@ else
   PY=.venv/bin/python
   BASE_PY=${PYTHON:-python3}
 fi
-# the pinned stack (requirements/constraints.txt: scipy, matplotlib, scikit-learn) needs 3.11
-CHECK_PY=${BASE_PY:-$PY}
-[ -x .venv/bin/python ] && [ "$PY" = .venv/bin/python ] && CHECK_PY=.venv/bin/python
+# the pinned stack (requirements/constraints.txt: scipy, matplotlib, scikit-learn) needs 3.11;
+# check the interpreter that will run it: the active one, the existing .venv's, or the new one's
+if [ "$PY" = python ] || [ -x .venv/bin/python ]; then CHECK_PY=$PY; else CHECK_PY=$BASE_PY; fi
 if ! "$CHECK_PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "[install] error: Python >= 3.11 is needed (the pinned scipy, matplotlib and scikit-learn" >&2
   echo "          require it); '$CHECK_PY' is $("$CHECK_PY" --version 2>&1 || echo 'not found')." >&2
