@@ -9,6 +9,7 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mmselfsup_vmf  # noqa: E402,F401  (shims + registration even without custom_imports)
+from mmselfsup_vmf.engine.launch import prepare_distributed  # noqa: E402
 from mmselfsup_vmf.engine.short_run import shorten_run  # noqa: E402
 from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
@@ -92,16 +93,21 @@ def main(argv=None):
     cfg = merge_args(Config.fromfile(args.config), args)
     workers = cfg.get('train_dataloader', {}).get('num_workers', 0)
     print(set_torch_threads(args.threads, workers)[1], flush=True)
+    note = prepare_distributed(cfg)
+    if note:
+        print(note, flush=True)
     if 'runner_type' in cfg:  # e.g. FlexibleRunner with a strategy (FSDP2Strategy)
         from mmengine.registry import RUNNERS
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
     add_checkpoint_check(runner)
+    from mmselfsup_vmf.engine.hooks.unreadable_samples import UnreadableSamplesError
     from mmselfsup_vmf.utils.safe_load import UnreadableCheckpointError, UntrustedCheckpointError
     try:
         runner.train()
-    except (UntrustedCheckpointError, UnreadableCheckpointError) as e:
+    except (UntrustedCheckpointError, UnreadableCheckpointError, FloatingPointError,
+            UnreadableSamplesError) as e:  # stops every rank takes alike: one line each
         raise SystemExit(f'error: {e}')
     return runner
 
