@@ -107,4 +107,5 @@ def test_training_stops_past_the_fraction(tmp_path, folder):
         run(tmp_path, root, 0.1)  # 1 of 8 > 0.1
     assert str(excinfo.value) == (
         '1 of 8 samples are unreadable, more than train_dataloader.dataset.max_bad_fraction='
-        f'0.1 (first: failed to load image: {bad})')
+        f'0.1 (first: failed to load image: {bad}); fix or remove those files, or raise '
+        'max_bad_fraction')

@@ -10,6 +10,11 @@ names the first bad iteration, and no checkpoint is written in between.
 
 With a loss scaler (fp16 ``AmpOptimWrapper``) a non-finite step is skipped by the scaler and
 is not an error; ``max_skipped_steps`` consecutive skipped steps are (the scale collapsed).
+
+In a distributed run every read is a decision of all ranks: the ranks' first bad iterations
+are all-reduced (MIN) at the same points (the schedule above is the same on every rank), and
+when one rank has one, every rank raises the same message, that of the rank with the earliest
+bad iteration. The checks before a save run on every rank (``before_save_all_ranks``).
 """
 import os.path as osp
 from typing import Dict, List, Optional, Sequence
@@ -18,8 +23,10 @@ import torch
 from mmengine.hooks import CheckpointHook, Hook, LoggerHook
 from mmengine.optim import OptimWrapperDict
 from mmpretrain.registry import HOOKS
+from mmpretrain.utils import get_ori_model
 
-from ...models.utils.dist import finite_flags
+from ...models.utils.dist import finite_flags, is_distributed, local_shard
+from .all_ranks import gather, global_max
 
 DATA_BATCH = Optional[dict]
 
@@ -187,9 +194,22 @@ class DivergenceGuardHook(Hook):
 
     # ------------------------------------------------------------------ reads (host syncs)
     def check(self, runner) -> None:
-        """Raise if the record holds a bad iteration (one device->host read)."""
-        if self._first_bad is None or int(self._first_bad) < 0:
-            return
+        """Raise if the record of any rank holds a bad iteration (one device->host read; in
+        a distributed run one all-reduce, every rank raising the same message)."""
+        local = -1 if self._first_bad is None else int(self._first_bad)
+        if is_distributed():
+            if not global_max(local >= 0):
+                return  # no rank has a bad iteration
+            reports = gather(self._report(runner) if local >= 0 else None)
+            first = min((r for r in reports if r is not None), key=lambda r: r[0])
+            rank = reports.index(first)
+            raise FloatingPointError(first[1].replace(
+                'training diverged at', f'training diverged (rank {rank}) at', 1))
+        if local >= 0:
+            raise FloatingPointError(self._report(runner)[1])
+
+    def _report(self, runner):
+        """(first bad iteration, message) of this rank's record."""
         it = int(self._first_bad)
         bad = [n for n, b in zip(self._names, self._bad_mask.tolist()) if b]
         values = dict(zip(self._names, self._bad_values.tolist()))
@@ -202,7 +222,7 @@ class DivergenceGuardHook(Hook):
             what.append('non-finite ' + first_names([f'{n}={values[n]}' for n in losses]))
         if grads:
             what.append(f'non-finite gradient of {len(grads)} parameters ({first_names(grads)})')
-        raise FloatingPointError(
+        return it, (
             f'training diverged at iteration {it + 1}: {"; ".join(what)}; stopped without '
             f'saving non-finite weights (last checkpoint: {last_checkpoint(runner)}); lower '
             'the lr or check the data')
@@ -210,13 +230,32 @@ class DivergenceGuardHook(Hook):
     def after_train_epoch(self, runner) -> None:
         self.check(runner)
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+    def before_save_all_ranks(self, runner) -> None:
+        """Every rank, before a save: the record, then the weights (in DDP every rank holds
+        them all; under FSDP its shards), as one decision of all ranks."""
         self.check(runner)
-        bad = nonfinite_tensors(checkpoint.get('state_dict', {}))
+        state = {name: local_shard(p) for name, p in get_ori_model(runner.model)
+                 .state_dict().items()}
+        bad = nonfinite_tensors(state)
+        if global_max(len(bad)):
+            reports = gather((bad, last_checkpoint(runner)))  # rank 0 names the pointer
+            names = sorted({n for names, _ in reports for n in names})
+            raise FloatingPointError(self._refusal(runner, names, state, reports[0][1]))
+        self._checked_iter = runner.iter
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if getattr(self, '_checked_iter', None) == runner.iter:
+            return  # checked on every rank just before this save
+        self.check(runner)  # a save outside this package's save paths: rank-local check
+        state = checkpoint.get('state_dict', {})
+        bad = nonfinite_tensors(state)
         if bad:
-            total = sum(isinstance(v, torch.Tensor) and v.is_floating_point()
-                        for v in checkpoint['state_dict'].values())
-            raise FloatingPointError(
-                f'refusing to save a checkpoint at iteration {runner.iter}: {len(bad)} of '
+            raise FloatingPointError(self._refusal(runner, bad, state, last_checkpoint(runner)))
+
+    @staticmethod
+    def _refusal(runner, bad: List[str], state: dict, last: str) -> str:
+        total = sum(isinstance(v, torch.Tensor) and v.is_floating_point()
+                    for v in state.values())
+        return (f'refusing to save a checkpoint at iteration {runner.iter}: {len(bad)} of '
                 f'{total} weight tensors are non-finite ({first_names(bad)}); last checkpoint: '
-                f'{last_checkpoint(runner)}')
+                f'{last}')

@@ -10,6 +10,8 @@
   corrupt, or a pointer to a missing file) with a warning and resumes from the newest
   readable one; an explicitly named unreadable checkpoint is a one-line error that names the
   newest readable alternative.
+* Every rank runs the hooks' ``before_save_all_ranks`` (gathers and checks that need all
+  ranks, see ``all_ranks.py``) before mmengine's rank-0-only ``Runner.save_checkpoint``.
 * ``trust_checkpoint = True`` in the config allows unrestricted unpickling for this run
   (see ``mmselfsup_vmf/utils/safe_load.py``).
 """
@@ -29,6 +31,7 @@ from ...utils.safe_load import (
     trust_enabled,
 )
 from ..atomic_file_backend import is_stale_temporary
+from .all_ranks import before_save_all_ranks
 
 
 class _DeferredRemovals:
@@ -102,10 +105,13 @@ class FaultTolerantCheckpointHook(CheckpointHook):
             getattr(backend, method)(path)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        before_save_all_ranks(runner)  # reached by every rank (mmengine's save: rank 0 only)
         with self._removals_after_save():
             super()._save_checkpoint_with_step(runner, step, meta)
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
+        if self.save_best is not None:  # mmengine returns early without it (no save)
+            before_save_all_ranks(runner)
         with self._removals_after_save():
             super()._save_best_checkpoint(runner, metrics)
 

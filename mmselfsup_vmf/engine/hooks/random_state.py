@@ -4,9 +4,12 @@ import random
 import numpy as np
 import torch
 from mmengine import dist
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmpretrain.registry import HOOKS
 
+from ...models.utils.dist import is_distributed
+from .all_ranks import gather
+from .fault_tolerant_checkpoint import FaultTolerantCheckpointHook
 from .stop_on_signal import MID_EPOCH_KEY
 
 
@@ -34,6 +37,10 @@ class RandomStateHook(Hook):
     continue with that state. mmengine itself only re-seeds on resume,
     so drop-path and other in-model randomness would otherwise differ after a resume.
     Augmentations are made independent of process history by ``SeededDataset``.
+
+    The states are gathered on every rank in ``before_save_all_ranks`` (called by this
+    package's save paths just before the save), not in ``before_save_checkpoint``, which
+    mmengine's Runner runs on rank 0 only.
     """
 
     priority = 'VERY_LOW'
@@ -41,9 +48,31 @@ class RandomStateHook(Hook):
     def __init__(self):
         self._pending = None
         self._at_first_iter = False
+        self._gathered = None
+
+    def before_train(self, runner) -> None:
+        plain = [type(h).__name__ for h in runner.hooks if isinstance(h, CheckpointHook)
+                 and not isinstance(h, FaultTolerantCheckpointHook)]
+        if plain and is_distributed():  # the same config on every rank: all raise alike
+            raise ValueError(
+                f'RandomStateHook in a distributed run needs default_hooks.checkpoint='
+                f"dict(type='FaultTolerantCheckpointHook', ...), not {plain[0]}: the RNG states "
+                'of all ranks are gathered before a save, which mmengine\'s CheckpointHook '
+                'makes on rank 0 only')
+
+    def before_save_all_ranks(self, runner) -> None:
+        self._gathered = gather(get_random_state())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint['random_state'] = dist.all_gather_object(get_random_state())
+        states, self._gathered = self._gathered, None
+        if states is None:  # a save outside this package's save paths
+            states = [get_random_state()]
+            if is_distributed():
+                runner.logger.warning(
+                    'RandomStateHook: this checkpoint holds the RNG state of rank 0 only (it '
+                    'was not saved through FaultTolerantCheckpointHook or StopOnSignalHook); '
+                    'a resume from it is not bitwise on the other ranks')
+        checkpoint['random_state'] = states
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         states = checkpoint.get('random_state')

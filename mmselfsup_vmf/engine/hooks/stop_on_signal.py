@@ -10,11 +10,17 @@ trained; ``RandomStateHook`` restores the RNG state at the first resumed iterati
 with ``SeededDataset`` the resumed run continues bitwise as the uninterrupted one.
 
 A signal that arrives at the last iteration of an epoch is served after the epoch's hooks
-(the epoch checkpoint). A second signal, or a signal after training ended with an exception
+(the epoch checkpoint). A second Ctrl-C, or a signal after training ended with an exception
 (which skips ``after_train``), goes to the previous handler: Ctrl-C raises
-``KeyboardInterrupt``, SIGTERM terminates. Data-loader workers ignore the signals (the trainer stops
+``KeyboardInterrupt``, SIGTERM terminates. A repeated SIGTERM while the stop is pending is
+ignored: slurm signals every process of a job step and torchrun forwards the signal to its
+workers as well, so a worker under torchrun gets it twice (the scheduler's SIGKILL still
+follows its grace time). Data-loader workers ignore the signals (the trainer stops
 them). In distributed runs the ranks
-agree on the stop with one small all-reduce per iteration.
+agree on the stop with one small all-reduce (MAX of the signal numbers) every
+``check_interval`` iterations and at every epoch end, save together (every rank runs the
+hooks' ``before_save_all_ranks``, rank 0 writes) and wait for the file before any of them
+exits: a rank that exits first makes torchrun end the others, the writer included.
 """
 import atexit
 import gc
@@ -26,13 +32,13 @@ import signal
 import threading
 from typing import Optional
 
-import torch
 from mmengine import dist
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import BaseLoop, EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
 from ..atomic_file_backend import atomic_write_bytes
+from .all_ranks import barrier, before_save_all_ranks, global_max
 
 MID_EPOCH_KEY = 'batches_done_in_epoch'
 
@@ -94,11 +100,24 @@ def _inside_train_loop(frame) -> bool:
 
 @HOOKS.register_module()
 class StopOnSignalHook(Hook):
-    """Save at the next iteration boundary after SIGTERM/SIGINT and exit."""
+    """Save at the next iteration boundary after SIGTERM/SIGINT and exit.
+
+    Args:
+        signals: the signals that stop training.
+        check_interval: in a distributed run, iterations between two agreements of the ranks
+            on a stop (one small all-reduce each, a host sync on GPUs); None: every iteration
+            on a CPU, every 10 on accelerators. A signal is served at most that many
+            iterations late. A single process reads its own flag every iteration.
+    """
 
     priority = 'LOWEST'  # after every other after_train_iter: the state is complete
 
-    def __init__(self, signals=('SIGTERM', 'SIGINT')):
+    def __init__(self, signals=('SIGTERM', 'SIGINT'), check_interval: Optional[int] = None):
+        if check_interval is not None and (not isinstance(check_interval, int)
+                                           or check_interval < 1):
+            raise ValueError(f'StopOnSignalHook: check_interval must be an integer >= 1, got '
+                             f'{check_interval!r}')
+        self.check_interval = check_interval
         self.signals = [getattr(signal, s) if isinstance(s, str) else s for s in signals]
         self._received: Optional[int] = None
         self._previous = {}
@@ -110,6 +129,8 @@ class StopOnSignalHook(Hook):
     def _on_signal(self, signum, frame) -> None:
         if os.getpid() != self._owner_pid:
             return  # a forked data-loader worker: the trainer stops it
+        if self._received == signum == signal.SIGTERM:
+            return  # the same pre-emption, delivered again (slurm and torchrun both send it)
         if self._received is not None or not _inside_train_loop(frame):
             # a second signal, or training already ended without after_train (an exception):
             # hand the signal to the previous handler (Ctrl-C: KeyboardInterrupt)
@@ -129,6 +150,9 @@ class StopOnSignalHook(Hook):
                                   'handled')
             return
         self._owner_pid = os.getpid()
+        if self.check_interval is None:
+            on_cpu = all(p.device.type == 'cpu' for p in runner.model.parameters())
+            self.check_interval = 1 if on_cpu else 10
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         loader = runner.train_dataloader
@@ -140,9 +164,7 @@ class StopOnSignalHook(Hook):
         self._restore_handlers()
 
     def _stop_requested(self) -> int:
-        flag = torch.tensor([self._received or 0])
-        dist.all_reduce(flag, op='max')  # no-op without a process group
-        return int(flag.item())
+        return global_max(self._received or 0)  # the local flag without a process group
 
     # ------------------------------------------------------------------ resume
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -164,6 +186,9 @@ class StopOnSignalHook(Hook):
 
     # ------------------------------------------------------------------ stopping
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if dist.get_world_size() > 1 and not self.every_n_train_iters(runner,
+                                                                       self.check_interval):
+            return
         signum = self._stop_requested()
         if not signum:
             return
@@ -195,15 +220,21 @@ class StopOnSignalHook(Hook):
         backend_args = hook.backend_args if hook is not None else None
         if hook is None or backend_args is None or hook.file_client_args is not None:
             backend_args = dict(backend='atomic_local')
+        iters_done = meta['iter']
         meta['interrupted_by'] = signal.Signals(signum).name
+        before_save_all_ranks(runner)  # every rank: mmengine's Runner saves on rank 0 only
+        # by_epoch picks the (epoch, iter) that FlexibleRunner writes over ours (Runner keeps
+        # ours): the finished epoch's, or the current epoch's with the iteration just done
         runner.save_checkpoint(
             out_dir, filename, meta=meta, backend_args=backend_args,
+            by_epoch=filename.startswith('epoch_'),
             save_optimizer=getattr(hook, 'save_optimizer', True),
             save_param_scheduler=getattr(hook, 'save_param_scheduler', True))
         path = osp.join(out_dir, filename)
         if dist.is_main_process():
             atomic_write_bytes(path.encode(), osp.join(runner.work_dir, 'last_checkpoint'))
-        self._exit(runner, signum, path, meta['iter'])
+        barrier()  # no rank leaves before the file and its pointer are written
+        self._exit(runner, signum, path, iters_done)
 
     def _exit(self, runner, signum: int, path: str, iters_done: int) -> None:
         self._restore_handlers()

@@ -3,15 +3,24 @@ epoch and stops training past ``max_bad_fraction`` of the dataset.
 
 The dataset marks each replacement in its data sample's metainfo; the marks travel with the
 batch from the data-loader workers, so the count is the whole loader's, in the main process.
+In a distributed run each rank sees its own share of the data: the ranks add their counts up
+(one all-reduce at every logging interval and epoch end, the same iterations on every rank)
+and, past the limit, all raise the same ``UnreadableSamplesError``.
 """
 import logging
 from typing import Optional
 
-from mmengine.hooks import Hook
+from mmengine.hooks import Hook, LoggerHook
 from mmengine.logging import print_log
 from mmpretrain.registry import HOOKS
 
+from ...models.utils.dist import is_distributed
+from .all_ranks import gather, global_sum
 from .divergence_guard import first_names
+
+
+class UnreadableSamplesError(OSError):
+    """More unreadable samples than ``max_bad_fraction`` of the dataset allows."""
 
 
 def seeded_dataset(dataset):
@@ -27,14 +36,20 @@ class UnreadableSampleHook(Hook):
 
     def before_train(self, runner) -> None:
         self.dataset = seeded_dataset(getattr(runner.train_dataloader, 'dataset', None))
-        self.files = {}          # unreadable file -> error, over the run
+        self.files = {}          # unreadable file -> error, over the run (this rank)
         self.reported = 0
+        loggers = [h for h in runner.hooks if isinstance(h, LoggerHook)]
+        self.interval = loggers[0].interval if loggers else 50
+
+    @property
+    def active(self) -> bool:
+        return self.dataset is not None and bool(self.dataset.skip_bad_samples)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch: Optional[dict] = None,
                          outputs=None) -> None:
-        if self.dataset is None or not self.dataset.skip_bad_samples or not data_batch:
+        if not self.active:
             return
-        for data_sample in data_batch.get('data_samples') or []:
+        for data_sample in (data_batch or {}).get('data_samples') or []:
             file = data_sample.metainfo.get('unreadable_sample')
             if file is None or file in self.files:
                 continue
@@ -43,16 +58,34 @@ class UnreadableSampleHook(Hook):
                 print_log(f'replacing unreadable samples by others (first: {self.files[file]}); '
                           'the count is logged at the end of each epoch', logger='current',
                           level=logging.WARNING)
+        # rank-local counts are free to read; a distributed count is a collective, taken at
+        # iterations every rank reaches alike
+        if (not is_distributed() or self.every_n_train_iters(runner, self.interval)
+                or self.end_of_epoch(runner.train_dataloader, batch_idx)):
+            self.check()
+
+    def check(self) -> None:
+        """Raise on every rank once the ranks together replaced more than the limit."""
         limit = self.dataset.max_bad_fraction * len(self.dataset)
-        if len(self.files) > limit:
-            raise OSError(
-                f'{len(self.files)} of {len(self.dataset)} samples are unreadable, more than '
+        # the sum over ranks bounds the number of distinct files from above; only past the
+        # limit are the names gathered (a file met on two ranks in two epochs counts once)
+        if global_sum(len(self.files)) <= limit:
+            return
+        files = {}
+        for rank_files in gather(self.files):
+            for name, error in rank_files.items():
+                files.setdefault(name, error)
+        if len(files) > limit:
+            raise UnreadableSamplesError(
+                f'{len(files)} of {len(self.dataset)} samples are unreadable, more than '
                 f'train_dataloader.dataset.max_bad_fraction={self.dataset.max_bad_fraction} '
-                f'(first: {next(iter(self.files.values()))})')
+                f'(first: {next(iter(files.values()))}); fix or remove those files, or raise '
+                'max_bad_fraction')
 
     def after_train_epoch(self, runner) -> None:
-        if self.dataset is not None and len(self.files) > self.reported:
+        if self.active and len(self.files) > self.reported:
             names = list(self.files)
             print_log(f'{len(names)} unreadable samples replaced so far ({first_names(names)})',
                       logger='current', level=logging.WARNING)
             self.reported = len(names)
+
