@@ -196,6 +196,11 @@ class FSDP2Strategy(DDPStrategy):
         state = optimizer_ids_from_names(full, _optimizer_param_names(self.model, optimizer))
         if isinstance(self.optim_wrapper, AmpOptimWrapper):
             state['loss_scaler'] = self.optim_wrapper.loss_scaler.state_dict()
+        # the base lr/wd that mmengine's OptimWrapper tracks beside the groups (the param
+        # schedulers step it too): OptimWrapper.state_dict saves it, so must we
+        base = getattr(self.optim_wrapper, 'base_param_settings', None)
+        if base is not None:
+            state['base_param_settings'] = base
         return state
 
     def save_checkpoint(self, filename: str, *, save_optimizer: bool = True,
@@ -233,6 +238,9 @@ class FSDP2Strategy(DDPStrategy):
         optimizer = self._single_optimizer()
         state_dict = dict(state_dict)
         scaler: Optional[Dict] = state_dict.pop('loss_scaler', None)
+        base = state_dict.pop('base_param_settings', None)
+        if base is not None:
+            self.optim_wrapper.base_param_settings = base
         if scaler is not None and isinstance(self.optim_wrapper, AmpOptimWrapper):
             self.optim_wrapper.loss_scaler.load_state_dict(scaler)
         named = optimizer_names_from_ids(state_dict,
