@@ -26,6 +26,10 @@ def _prototype_layer(dim: int, num_prototypes: int, norm_last_layer: bool) -> nn
     return layer
 
 
+def _unit(z: torch.Tensor) -> torch.Tensor:
+    return F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)
+
+
 @MODELS.register_module()
 class DINOHead(BaseModule):
     """3-layer MLP -> L2-normalised bottleneck -> optional prototype layer(s).
@@ -82,13 +86,19 @@ class DINOHead(BaseModule):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The L2-normalised bottleneck y (..., p)."""
-        z = self.mlp(x)
-        return F.normalize(z, dim=-1, p=2, eps=1e-6 if z.dtype == torch.float16 else 1e-12)
+        return _unit(self.mlp(x))
 
     def forward(self, x: torch.Tensor, patch: bool = False) -> torch.Tensor:
-        y = self.embed(x)
         layer = self.last_layer2 if (patch and self.last_layer2 is not None) else self.last_layer
-        return y if layer is None else layer(y)
+        if layer is None:
+            return self.embed(x)
+        hidden = self.mlp[:-1](x)  # in the caller's precision (autocast)
+        # the scores are divided by temperatures down to 0.04: from a bf16 bottleneck and
+        # product (8-bit mantissa) the logits would be ~0.05 off; the last linear layer, the
+        # normalisation and the prototypes (~2 % of the head's FLOPs) run in float32
+        with torch.autocast(x.device.type, enabled=False):
+            tail = self.mlp[-1]
+            return layer(_unit(tail(hidden.to(tail.weight.dtype))))
 
     def prototype_norms(self, patch: bool = False) -> Optional[torch.Tensor]:
         """||w_k|| of the prototypes used for CLS (or patch) tokens, shape (K,).

@@ -101,3 +101,33 @@ def test_num_layers_one_and_bn_option():
         ['Linear', 'BatchNorm1d', 'GELU', 'Linear', 'BatchNorm1d', 'GELU', 'Linear']
     with pytest.raises(ValueError, match='num_layers'):
         DINOHead(in_channels=8, num_layers=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_prototype_scores_under_autocast_are_float32_from_the_hidden_layer(dtype):
+    """DINO ViT-S/16's head (K = 65,536, p = 256) under CPU autocast: the last linear layer,
+    the normalisation and the prototype product run in float32, so the scores differ from a
+    float64 recomputation from the same (low-precision) hidden activations by float32
+    rounding only; the error left against the float32 head at tau = 0.04 is the hidden
+    layers' (bf16: < 0.06, fp16: < 0.008 in logits / tau; a bf16 product alone added ~0.02)."""
+    torch.manual_seed(0)
+    head = DINOHead(in_channels=384, hidden_channels=2048, bottleneck_channels=256,
+                    num_prototypes=65536, norm_last_layer=False)
+    x, tau = torch.randn(32, 384), 0.04
+    with torch.no_grad():
+        full = head(x) / tau
+        with torch.autocast('cpu', dtype=dtype):
+            hidden = head.mlp[:-1](x)
+            scores = head(x)
+        assert hidden.dtype == dtype and scores.dtype == torch.float32
+        tail, proto = head.mlp[-1], head.last_layer
+        z = hidden.double() @ tail.weight.double().T + tail.bias.double()
+        y = z / z.norm(dim=-1, keepdim=True)
+        reference = y @ proto.weight.double().T / tau  # w_k = g_k v_k / ||v_k||
+        assert (scores.double() / tau - reference).abs().max() < 2e-4
+        bound = 0.06 if dtype == torch.bfloat16 else 0.008
+        assert (scores / tau - full).abs().max() < bound
+        # what the fix removes: the same bottleneck, product in the low precision
+        with torch.autocast('cpu', dtype=dtype):
+            low = proto(head.embed(x)).float() / tau
+        assert (low - full).abs().max() > (scores / tau - full).abs().max()
