@@ -32,4 +32,8 @@ log_processor = dict(window_size=10)
 log_level = 'INFO'
 load_from = None
 resume = False
-randomness = dict(seed=0, deterministic=False)
+# diff_rank_seed=False: every rank draws the same drop-path masks, as DINO v1 and iBOT do;
+# True: seed + rank on each rank, as DINOv2 seeds (mmengine's switch). Initial weights are
+# rank 0's either way (mmengine broadcasts them after init_weights, DDP and FSDP2 alike);
+# crops and masks differ per rank in both cases (they are seeded per sample).
+randomness = dict(seed=0, diff_rank_seed=False, deterministic=False)

@@ -68,3 +68,5 @@ train_cfg = dict(max_epochs=max_epochs)
 # automatic scaling is off: at a total batch B != 1024 set optimizer.lr = 4e-3 * sqrt(B/1024).
 auto_scale_lr = dict(base_batch_size=1024, enable=False)
 custom_hooks = [dict(type='RandomStateHook')]
+# DINOv2 seeds every rank with seed + rank (its drop-path draws differ per rank)
+randomness = dict(diff_rank_seed=True)
