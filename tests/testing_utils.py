@@ -4,7 +4,9 @@ import logging
 import os.path as osp
 from contextlib import contextmanager
 
-from mmengine.logging import MMLogger
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer, MMLogger
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -43,3 +45,25 @@ def start_ranks(fn, nprocs: int, args=(), join: bool = True):
     spawned one re-imports torch, mmengine and mmpretrain first (seconds per process)."""
     import torch.multiprocessing as mp
     return mp.start_processes(fn, args=args, nprocs=nprocs, join=join, start_method='fork')
+
+
+def assert_bitwise_equal(a, b, path='state'):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f'{path} differs (max |diff| {(a - b).abs().max():.3g})'
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f'{path}: keys {set(a) ^ set(b)}'
+        for k in a:
+            assert_bitwise_equal(a[k], b[k], f'{path}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f'{path}[{i}]')
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, path
+        assert np.array_equal(a, b), f'{path} differs'
+    elif isinstance(a, HistoryBuffer):  # message-hub buffers: compare their data
+        assert type(b) is HistoryBuffer, path
+        assert_bitwise_equal(vars(a), vars(b), path)
+    else:
+        assert a == b, f'{path}: {a!r} != {b!r}'

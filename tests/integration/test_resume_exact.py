@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from mmengine.hooks import Hook
-from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
+from testing_utils import assert_bitwise_equal  # noqa: F401  (re-exported)
 from tiny_dino_cfg import tiny_dino_cfg
 
 EPOCHS, ITERS = 4, 2
@@ -36,26 +36,6 @@ class _Losses(Hook):
         self.by_iter[runner.iter] = outputs['loss'].detach().clone()
 
 
-def assert_bitwise_equal(a, b, path='state'):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), f'{path} differs (max |diff| {(a - b).abs().max():.3g})'
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f'{path}: keys {set(a) ^ set(b)}'
-        for k in a:
-            assert_bitwise_equal(a[k], b[k], f'{path}.{k}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f'{path}[{i}]')
-    elif isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, path
-        assert np.array_equal(a, b), f'{path} differs'
-    elif isinstance(a, HistoryBuffer):  # message-hub buffers: compare their data
-        assert type(b) is HistoryBuffer, path
-        assert_bitwise_equal(vars(a), vars(b), path)
-    else:
-        assert a == b, f'{path}: {a!r} != {b!r}'
 
 
 def final_state(runner):
