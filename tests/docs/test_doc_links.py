@@ -62,9 +62,9 @@ def broken_links(path: str):
 
 
 def test_the_checker_finds_links_and_skips_code(tmp_path):
-    text = ('[a](docs/x.md#y) and ![img](i.png "title")\n`[no](code.md)`\n'
+    text = ('[a](pages/x.md#y) and ![img](i.png "title")\n`[no](code.md)`\n'
             '```\n[no](fenced.md)\n```\n[web](https://example.org)\n')
-    assert [t for _, t in links(text)] == ['docs/x.md#y', 'i.png', 'https://example.org']
+    assert [t for _, t in links(text)] == ['pages/x.md#y', 'i.png', 'https://example.org']
 
 
 def test_the_user_facing_markdown_is_found():
