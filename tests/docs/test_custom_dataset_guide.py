@@ -15,6 +15,7 @@ from testing_utils import ROOT, load_tool
 GUIDE = osp.join(ROOT, 'docs', 'custom_dataset.md')
 GUIDE_BASE = '../dino_vmf/vit-s16_8xb64.py'
 GUIDE_ROOT = '/data/my_images'
+GREY = 3  # the one single-channel image
 PUBLISHED = ['dino/vit-s16_8xb64.py', 'dino_vmf/vit-b16_8xb64.py', 'ibot/vit-s16_8xb64.py',
              'ibot_vmf/vit-s16_8xb64.py', 'simdino/vit-b16_8xb64.py',
              'simdinov2/vit-b16_8xb128.py']
@@ -34,7 +35,7 @@ def image_folder(root) -> int:
     rng = np.random.default_rng(0)
     (root / 'more').mkdir(parents=True)
     for i in range(6):
-        shape = (60 + 10 * i, 90 - 5 * i) + (() if i == 3 else (3,))
+        shape = (60 + 10 * i, 90 - 5 * i) + (() if i == GREY else (3,))
         folder = root / 'more' if i % 3 == 2 else root
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f'{i}.png')
     (root / 'notes.txt').write_text('not an image')
@@ -67,7 +68,9 @@ def test_guide_config_reads_every_image_for_each_published_recipe(tmp_path, base
     assert len(dataset) == count  # notes.txt is not an image
     multicrop = next(t for t in cfg.train_dataloader.dataset.dataset.pipeline
                      if t['type'] == 'MultiCrop')
-    sample = dataset[(count - 1, 0, 0)]  # the grey image: three channels like the others
+    paths = [dataset.dataset.get_data_info(i)['img_path'] for i in range(count)]
+    grey = next(i for i, path in enumerate(paths) if osp.basename(path) == f'{GREY}.png')
+    sample = dataset[(grey, 0, 0)]  # three channels like the others
     glob, loc = multicrop['global_size'], multicrop['local_size']
     expected = [(3, glob, glob)] * multicrop['num_global'] + [(3, loc, loc)] * multicrop[
         'num_local']
