@@ -49,3 +49,11 @@ def test_published_results_name_their_source():
             for result in model.results:
                 assert result.dataset == 'ImageNet-1k'
                 assert 0 < result.metrics['Top 1 Accuracy'] < 100
+
+
+def test_every_collection_has_its_readme():
+    # modelindex resolves README relative to the metafile; its check() flags a missing file
+    for collection in load_index().collections:
+        assert collection.readme == 'README.md', collection.name
+        path = osp.join(osp.dirname(collection.filepath), collection.readme)
+        assert osp.isfile(path), path

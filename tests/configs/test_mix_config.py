@@ -109,9 +109,10 @@ EXAMPLES = sorted(glob.glob(osp.join(ROOT, 'configs', 'examples', '*.py')))
 
 
 def readme_snippet() -> str:
-    with open(osp.join(ROOT, 'README.md')) as f:
+    """The first python block of docs/own_config.md ('A complete config')."""
+    with open(osp.join(ROOT, 'docs', 'own_config.md')) as f:
         text = f.read()
-    section = text[text.index('## Using the classes in your own mmpretrain config'):]
+    section = text[text.index('## A complete config'):]
     return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
