@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
 setup(
     name='mmselfsup_vmf',
     version='0.1.0',
+    license='Apache-2.0',
     description='DINO-vMF, iBOT-vMF, SimDINO and SimDINOv2 for the OpenMMLab runner',
     packages=find_packages(include=['mmselfsup_vmf', 'mmselfsup_vmf.*']),
     python_requires='>=3.9',
