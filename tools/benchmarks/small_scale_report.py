@@ -23,7 +23,9 @@ from typing import Dict, List, Optional
 from small_scale_run import write_json_atomic
 
 METHOD_NAMES = dict(dino='DINO', dino_vmf='DINO-vMF', ibot='iBOT', ibot_vmf='iBOT-vMF',
-                    simdino='SimDINO', simdinov2='SimDINOv2')
+                    simdino='SimDINO', simdinov2='SimDINOv2',
+                    simdino_balanced='SimDINO (balanced)',
+                    simdinov2_balanced='SimDINOv2 (balanced)')
 
 
 def group_name(run: dict) -> str:
