@@ -24,8 +24,11 @@ official recipe it stands for (SimDINO: v1 ViT-B, 8 × 64; SimDINOv2: v2, 8 × 1
 geometries (σ, a power-law spectrum of x) are printed as a check.
 """
 import argparse
+import datetime
 import json
 import math
+import platform
+import sys
 from typing import Dict, List, Optional
 
 import torch
@@ -101,7 +104,9 @@ def main(argv=None) -> Dict:
     args = parse_args(argv)
     torch.set_num_threads(1)
     import mmselfsup_vmf  # noqa: F401
-    out = dict(reference=dict(sigma=1.0, decay=0.0, eps=EPS, seeds=args.seeds), official={},
+    out = dict(command='python benchmarks/bench_simdino_balance.py ' + ' '.join(
+        sys.argv[1:] if argv is None else argv), date=datetime.date.today().isoformat(),
+        machine=platform.machine(), torch=torch.__version__, reference=dict(sigma=1.0, decay=0.0, eps=EPS, seeds=args.seeds), official={},
                study={}, checks=[])
     print(f'reference geometry: sigma 1 (view cosine ~0.5), isotropic, eps {EPS}, '
           f'{args.seeds} seeds, float64')
