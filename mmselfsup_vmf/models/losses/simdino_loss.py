@@ -13,9 +13,9 @@ n = m·N the global batch, d the feature size):
                                                   Z_g = s_g               ('student')
     loss = −coeff·comp − γ·mean_g R_g,            γ = (d + n)/(d·n) by default.
 
-``rate_batch`` replaces n in α and γ (the small-scale balance rule, docs/simdino.md#small-
-batch-balance); ``global_comp`` (the cosine over global-crop pairs only, the official v2
-``global_comp_loss``) is logged, not optimised.
+``rate_batch`` replaces n in α and γ (the rule for a small batch and width:
+docs/simdino.md#small-batch-balance); ``global_comp`` (the cosine over global-crop pairs
+only, the official v2 ``global_comp_loss``) is logged, not optimised.
 """
 from typing import Dict, Optional, Sequence, Union
 
