@@ -20,10 +20,11 @@ import statistics
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
+import small_scale_stats as stats
 from small_scale_run import write_json_atomic
 
 METHOD_NAMES = dict(dino='DINO', dino_vmf='DINO-vMF', ibot='iBOT', ibot_vmf='iBOT-vMF',
-                    simdino='SimDINO', simdinov2='SimDINOv2',
+                    simdino='SimDINO (untranslated)', simdinov2='SimDINOv2 (untranslated)',
                     simdino_balanced='SimDINO (balanced)',
                     simdinov2_balanced='SimDINOv2 (balanced)')
 
@@ -99,56 +100,19 @@ def markdown_table(summary, raw: dict) -> str:
 
 
 # the papers' claims tested by the study: (method, baseline) -- DINO-vMF (arXiv:2405.14467)
-# and iBOT-vMF against their baselines, SimDINO (arXiv:2502.10385) against DINO
-CLAIMS = (('dino_vmf', 'dino'), ('ibot_vmf', 'ibot'), ('simdino', 'dino'))
+# and iBOT-vMF against their baselines, SimDINO (arXiv:2502.10385) against DINO, with the
+# balanced recipe and with the untranslated one
+CLAIMS = (('dino_vmf', 'dino'), ('ibot_vmf', 'ibot'), ('simdino_balanced', 'dino'),
+          ('simdino', 'dino'))
 # not claimed by a paper at this scale, scored by the same rule in results.md
-OTHER_COMPARISONS = (('simdinov2', 'dino'), ('simdinov2', 'simdino'))
-
-
-def paired_difference(runs: List[dict], method: str, baseline: str, key: str):
-    """Per-seed differences method - baseline of ``key`` over the seeds both have finished:
-    (mean, sample std or None, n)."""
-    def by_seed(m):
-        return {r['run_spec']['seed']: r[key] for r in runs
-                if group_name(r) == m and r['run_spec']['method'] == m}
-    a, b = by_seed(method), by_seed(baseline)
-    diffs = [a[seed] - b[seed] for seed in sorted(set(a) & set(b))]
-    if not diffs:
-        return None, None, 0
-    std = statistics.stdev(diffs) if len(diffs) > 1 else None
-    return statistics.mean(diffs), std, len(diffs)
-
-
-def verdict(mean: float, std, n: int) -> str:
-    """The claim "method >= baseline": higher when the mean paired difference is more than
-    two standard errors above 0, lower when more than two below, a tie otherwise (the seeds
-    then support neither direction); fewer than 3 seeds make no verdict."""
-    if n < 3 or std is None:
-        return f'no verdict ({n} seed{"s" if n != 1 else ""})'
-    se = std / math.sqrt(n)
-    if mean > 2 * se:
-        return 'holds (higher)'
-    if mean < -2 * se:
-        return 'fails (lower)'
-    return 'tie (within seed noise)'
+OTHER_COMPARISONS = (('simdinov2_balanced', 'dino'), ('simdinov2', 'dino'),
+                     ('simdino_balanced', 'simdino'), ('simdinov2_balanced', 'simdinov2'),
+                     ('simdinov2_balanced', 'simdino_balanced'), ('simdinov2', 'simdino'))
 
 
 def claims_table(runs: List[dict], pairs=CLAIMS) -> str:
-    lines = ['| claim | seeds | k-NN difference (points) | verdict | linear difference (points) '
-             '| verdict |', '|---|---|---|---|---|---|']
-    for method, baseline in pairs:
-        cells = []
-        n = 0
-        for key in ('knn_top1', 'linear_top1'):
-            mean, std, n = paired_difference(runs, method, baseline, key)
-            if mean is None:
-                cells += ['—', 'not run']
-                continue
-            spread = '' if std is None else f' ± {std:.2f}'
-            cells += [f'{mean:+.2f}{spread}', verdict(mean, std, n)]
-        lines.append(f'| {METHOD_NAMES[method]} ≥ {METHOD_NAMES[baseline]} | {n} | '
-                     + ' | '.join(cells) + ' |')
-    return '\n'.join(lines) + '\n'
+    """Each comparison with its difference, 95 % t-interval and p (small_scale_stats)."""
+    return stats.claims_table(runs, pairs, METHOD_NAMES)
 
 
 README_START = '<!-- small-scale-study:start -->'
@@ -159,9 +123,9 @@ DOCS_MARKERS = ('<!-- small-scale-study-details:start -->',
 
 def docs_tables(summary, raw: dict, runs: List[dict]) -> str:
     """docs/benchmarks.md's study tables: per method (mean ± std over seeds) and the claims."""
-    return (markdown_table(summary, raw) + '\nThe papers\' claims (paired per-seed '
-            'differences, mean ± std; a verdict needs 3 seeds; higher / lower when the mean '
-            'is more than two standard errors from 0, a tie otherwise):\n\n' + claims_table(runs))
+    return (markdown_table(summary, raw) + '\nThe papers\' claims. ' + stats.RULE_TEXT
+            + '\n\n' + claims_table(runs) + '\nOther comparisons, same rule:\n\n'
+            + claims_table(runs, OTHER_COMPARISONS))
 
 
 def readme_table(summary, raw: dict) -> str:
@@ -367,8 +331,7 @@ def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[
         f.write('\nCollapse signs at the end of each run (probe images for the teacher; '
                 'comp / expa from the training log):\n\n')
         f.write(collapse_table(sorted(runs, key=lambda r: r['run_spec']['name'])))
-        f.write('\nThe papers\' claims: paired per-seed differences (mean ± std over seeds); '
-                'higher / lower when the mean is more than two standard errors from 0:\n\n')
+        f.write('\nThe papers\' claims. ' + stats.RULE_TEXT + '\n\n')
         f.write(claims_table(runs))
         f.write('\nOther comparisons, same rule:\n\n')
         f.write(claims_table(runs, OTHER_COMPARISONS))
