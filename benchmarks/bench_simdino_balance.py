@@ -106,7 +106,8 @@ def main(argv=None) -> Dict:
     import mmselfsup_vmf  # noqa: F401
     out = dict(command='python benchmarks/bench_simdino_balance.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv), date=datetime.date.today().isoformat(),
-        machine=platform.machine(), torch=torch.__version__, reference=dict(sigma=1.0, decay=0.0, eps=EPS, seeds=args.seeds), official={},
+        machine=platform.machine(), torch=torch.__version__,
+        reference=dict(sigma=1.0, decay=0.0, eps=EPS, seeds=args.seeds), official={},
                study={}, checks=[])
     print(f'reference geometry: sigma 1 (view cosine ~0.5), isotropic, eps {EPS}, '
           f'{args.seeds} seeds, float64')

@@ -38,6 +38,26 @@ def test_smoke_study_writes_parsable_outputs(tmp_path, capsys):
     k = usage['history'][0]['num_prototypes']
     assert all(1 <= h['effective_number'] <= k + 1e-6 for h in usage['history'])
     assert len(usage['kappa']) == k
+    # I(x;k) = H(pbar) - E[H(p)] with H(pbar) = ln(effective number)
+    for h in usage['history']:
+        assert h['mutual_information'] == pytest.approx(
+            math.log(h['effective_number']) - h['mean_entropy'], abs=1e-5)
+    assert 0 <= usage['redundancy']['dup_members'] <= k
+    # the final teacher backbone is kept beside the runs and loads into a fresh backbone
+    import torch
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+    kept = run['teacher_backbone']
+    saved = torch.load(exp / 'backbones' / 'dino_vmf_s0.pth', weights_only=True)
+    assert kept['bytes'] == (exp / 'backbones' / 'dino_vmf_s0.pth').stat().st_size
+    assert saved['meta']['run'] == 'dino_vmf_s0' and saved['meta']['key'] == 'teacher'
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/benchmarks/small_scale/dino_vmf.py'))
+    cfg.merge_from_dict({k: v for k, v in small_scale.SMOKE_OVERRIDES.items()
+                         if k.startswith('model.')})
+    import mmselfsup_vmf  # noqa: F401
+    backbone = MODELS.build(cfg.model.backbone)
+    assert backbone.load_state_dict(saved['state_dict'], strict=True)
+    assert kept['parameters'] == sum(p.numel() for p in backbone.state_dict().values())
     results = json.loads((exp / 'results.json').read_text())
     assert results['summary']['dino_vmf']['knn_top1'] == [run['knn_top1']]
     raw = results['raw_pixels']
@@ -131,7 +151,28 @@ def test_collapse_signs_name_each_kind_of_collapse():
                                             expa=[[10, 3.0], [20, 0.01]])))
     assert (sim['comp'], sim['expa'], sim['verdict']) == (0.999, 0.01, 'k-NN at init')
     table = collapse_table([run([[0, 69.6], [1, 70.1]], usage(0.99 * ln_k, 1024.0, 800))])
-    assert '| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — |' in table
+    # I(x;k) = ln 1024 - 0.99 ln 1024 = 0.0693 nats; no redundancy stored
+    assert ('| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — | 0.069 | — / — |'
+            in table)
+
+
+def test_usage_table_reports_the_information_the_assignment_carries():
+    from small_scale_report import usage_table
+
+    def run(name, seed, effective, entropy, redundancy=None):
+        return dict(run_spec=dict(name=f'{name}_s{seed}', seed=seed, overrides={}),
+                    knn_curve=[], knn_top1=70.0, linear_top1=60.0,
+                    prototype_usage=dict(history=[dict(
+                        mean_entropy=entropy, effective_number=effective, distinct_argmax=40,
+                        num_prototypes=1024)], redundancy=redundancy))
+    # exp(H(pbar)) = e^6 and e^5.5 with E[H(p)] = 5.2 and 5.0: I = 0.8 and 0.5 nats. The
+    # larger effective number comes with the softer teacher, not with more information
+    runs = [run('dino', 0, math.exp(6.0), 5.2, dict(dup_groups=3, dup_members=7)),
+            run('dino', 1, math.exp(5.5), 5.0, dict(dup_groups=5, dup_members=11)),
+            run('dino_vmf', 0, math.exp(6.9), 6.5)]
+    table = usage_table(runs)
+    assert '| dino | 2 | 245–403 | 5.00–5.20 | 0.50–0.80 | 40 | 3–5 |' in table
+    assert '| dino_vmf | 1 | 992 | 6.50 | 0.40 | 40 | — (not stored) |' in table
 
 
 def test_paired_t_interval_and_p_against_the_closed_form_at_two_dof():

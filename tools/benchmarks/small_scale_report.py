@@ -115,6 +115,10 @@ def claims_table(runs: List[dict], pairs=CLAIMS) -> str:
     return stats.claims_table(runs, pairs, METHOD_NAMES)
 
 
+USAGE_TEXT = ('Teacher prototype usage at the end of training on 2,000 fixed test images '
+              '(min–max over the runs of a group; the prototypes of runs trained before the '
+              'redundancy was stored are gone, so those cannot be re-scored without '
+              're-training):\n\n')
 README_START = '<!-- small-scale-study:start -->'
 README_END = '<!-- small-scale-study:end -->'
 DOCS_MARKERS = ('<!-- small-scale-study-details:start -->',
@@ -125,7 +129,7 @@ def docs_tables(summary, raw: dict, runs: List[dict]) -> str:
     """docs/benchmarks.md's study tables: per method (mean ± std over seeds) and the claims."""
     return (markdown_table(summary, raw) + '\nThe papers\' claims. ' + stats.RULE_TEXT
             + '\n\n' + claims_table(runs) + '\nOther comparisons, same rule:\n\n'
-            + claims_table(runs, OTHER_COMPARISONS))
+            + claims_table(runs, OTHER_COMPARISONS) + '\n' + USAGE_TEXT + usage_table(runs))
 
 
 def readme_table(summary, raw: dict) -> str:
@@ -173,11 +177,17 @@ def collapse_signs(run: dict) -> Dict:
     - 'uniform teacher': mean per-image teacher entropy > COLLAPSE_UNIFORM * ln K (its
       uniform collapse).
     SimDINO's signs are its alignment ``comp`` (cosine, -> 1) and coding rate ``expa`` (-> 0),
-    reported from the training log at the last logged iteration."""
+    reported from the training log at the last logged iteration.
+
+    Also reported, not used by the verdict: I(x;k) = ln(effective number) - mean entropy
+    (what the teacher's assignment says about the image; runs measured before it was stored
+    get it from the same two stored values) and the teacher prototypes' near-duplicate
+    groups / members (cosine > 0.9; only runs that stored them)."""
     curve = run.get('knn_curve') or []
     knn_init = curve[0][1] if curve and curve[0][0] == 0 else None
     out = dict(knn_init=knn_init, knn_final=run['knn_top1'], linear=run['linear_top1'],
                entropy_ratio=None, effective_number=None, distinct_argmax=None,
+               mutual_information=None, dup_groups=None, dup_members=None,
                comp=_last(run.get('train_log', {}).get('comp', [])),
                expa=_last(run.get('train_log', {}).get('expa', [])))
     signs = []
@@ -188,7 +198,12 @@ def collapse_signs(run: dict) -> Dict:
         last = usage['history'][-1]
         ratio = last['mean_entropy'] / math.log(last['num_prototypes'])
         out.update(entropy_ratio=ratio, effective_number=last['effective_number'],
-                   distinct_argmax=last['distinct_argmax'])
+                   distinct_argmax=last['distinct_argmax'],
+                   mutual_information=math.log(last['effective_number'])
+                   - last['mean_entropy'])
+        redundancy = usage.get('redundancy') or {}
+        out.update(dup_groups=redundancy.get('dup_groups'),
+                   dup_members=redundancy.get('dup_members'))
         if last['effective_number'] < COLLAPSE_FEW * last['num_prototypes']:
             signs.append('few prototypes')
         if ratio > COLLAPSE_UNIFORM:
@@ -201,8 +216,9 @@ def collapse_table(runs: List[dict]) -> str:
     def fmt(value, pattern):
         return '—' if value is None else format(value, pattern)
     lines = ['| run | changes | k-NN init → final (%) | linear (%) | teacher H / ln K | '
-             'effective prototypes | distinct argmax | comp | expa | verdict |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             'effective prototypes | distinct argmax | comp | expa | I(x;k) (nats) | '
+             'near-duplicate groups / prototypes | verdict |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for run in runs:
         c = collapse_signs(run)
         lines.append(
@@ -210,7 +226,34 @@ def collapse_table(runs: List[dict]) -> str:
             f'{fmt(c["knn_init"], ".2f")} → {c["knn_final"]:.2f} | {c["linear"]:.2f} | '
             f'{fmt(c["entropy_ratio"], ".3f")} | {fmt(c["effective_number"], ".0f")} | '
             f'{fmt(c["distinct_argmax"], "d")} | {fmt(c["comp"], ".3f")} | '
-            f'{fmt(c["expa"], ".2f")} | {c["verdict"]} |')
+            f'{fmt(c["expa"], ".2f")} | {fmt(c["mutual_information"], ".3f")} | '
+            f'{fmt(c["dup_groups"], "d")} / {fmt(c["dup_members"], "d")} | {c["verdict"]} |')
+    return '\n'.join(lines) + '\n'
+
+
+def usage_table(runs: List[dict]) -> str:
+    """Per prototype method, min–max over its runs at the end of training on the probe
+    images: effective number, mean per-image entropy, I(x;k), distinct argmax, duplicates."""
+    groups: 'OrderedDict[str, List[Dict]]' = OrderedDict()
+    for run in runs:
+        if (run.get('prototype_usage') or {}).get('history'):
+            groups.setdefault(group_name(run), []).append(collapse_signs(run) | dict(
+                mean_entropy=run['prototype_usage']['history'][-1]['mean_entropy']))
+
+    def span(rows, key, pattern):
+        values = [r[key] for r in rows if r[key] is not None]
+        if not values:
+            return '— (not stored)'
+        low, high = format(min(values), pattern), format(max(values), pattern)
+        return low if low == high else f'{low}–{high}'
+    lines = ['| run group | runs | effective prototypes exp(H(p̄)) | mean entropy E[H(p)] '
+             '(nats) | I(x;k) = H(p̄) − E[H(p)] (nats) | distinct argmax | near-duplicate '
+             'groups (cos > 0.9) |', '|---|---|---|---|---|---|---|']
+    for name, rows in groups.items():
+        lines.append(f'| {name} | {len(rows)} | {span(rows, "effective_number", ".0f")} | '
+                     f'{span(rows, "mean_entropy", ".2f")} | '
+                     f'{span(rows, "mutual_information", ".2f")} | '
+                     f'{span(rows, "distinct_argmax", "d")} | {span(rows, "dup_groups", "d")} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -335,6 +378,7 @@ def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[
         f.write(claims_table(runs))
         f.write('\nOther comparisons, same rule:\n\n')
         f.write(claims_table(runs, OTHER_COMPARISONS))
+        f.write('\n' + USAGE_TEXT + usage_table(runs))
     paths = [results_path, table_path]
     if runs:
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
