@@ -148,11 +148,13 @@ def test_collapse_signs_name_each_kind_of_collapse():
     # SimDINO: no prototypes; comp / expa are the last logged values
     sim = collapse_signs(run([[0, 68.1], [1, 68.5]],
                              train_log=dict(comp=[[10, 0.5], [20, 0.999]],
+                                            global_comp=[[10, 0.4], [20, 0.998]],
                                             expa=[[10, 3.0], [20, 0.01]])))
-    assert (sim['comp'], sim['expa'], sim['verdict']) == (0.999, 0.01, 'k-NN at init')
+    assert (sim['comp'], sim['global_comp'], sim['expa'], sim['verdict']) == (
+        0.999, 0.998, 0.01, 'k-NN at init')
     table = collapse_table([run([[0, 69.6], [1, 70.1]], usage(0.99 * ln_k, 1024.0, 800))])
     # I(x;k) = ln 1024 - 0.99 ln 1024 = 0.0693 nats; no redundancy stored
-    assert ('| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — | 0.069 | — / — |'
+    assert ('| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — | — | 0.069 | — / — |'
             in table)
 
 

@@ -189,6 +189,7 @@ def collapse_signs(run: dict) -> Dict:
                entropy_ratio=None, effective_number=None, distinct_argmax=None,
                mutual_information=None, dup_groups=None, dup_members=None,
                comp=_last(run.get('train_log', {}).get('comp', [])),
+               global_comp=_last(run.get('train_log', {}).get('global_comp', [])),
                expa=_last(run.get('train_log', {}).get('expa', [])))
     signs = []
     if knn_init is not None and run['knn_top1'] < knn_init + COLLAPSE_KNN_GAIN:
@@ -216,9 +217,9 @@ def collapse_table(runs: List[dict]) -> str:
     def fmt(value, pattern):
         return '—' if value is None else format(value, pattern)
     lines = ['| run | changes | k-NN init → final (%) | linear (%) | teacher H / ln K | '
-             'effective prototypes | distinct argmax | comp | expa | I(x;k) (nats) | '
-             'near-duplicate groups / prototypes | verdict |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+             'effective prototypes | distinct argmax | comp | global comp | expa | '
+             'I(x;k) (nats) | near-duplicate groups / prototypes | verdict |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for run in runs:
         c = collapse_signs(run)
         lines.append(
@@ -226,6 +227,7 @@ def collapse_table(runs: List[dict]) -> str:
             f'{fmt(c["knn_init"], ".2f")} → {c["knn_final"]:.2f} | {c["linear"]:.2f} | '
             f'{fmt(c["entropy_ratio"], ".3f")} | {fmt(c["effective_number"], ".0f")} | '
             f'{fmt(c["distinct_argmax"], "d")} | {fmt(c["comp"], ".3f")} | '
+            f'{fmt(c["global_comp"], ".3f")} | '
             f'{fmt(c["expa"], ".2f")} | {fmt(c["mutual_information"], ".3f")} | '
             f'{fmt(c["dup_groups"], "d")} / {fmt(c["dup_members"], "d")} | {c["verdict"]} |')
     return '\n'.join(lines) + '\n'
