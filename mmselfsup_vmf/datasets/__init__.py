@@ -1,3 +1,4 @@
 from . import transforms  # noqa: F401
+from .moving_fashion_mnist import FashionMNISTOffsets  # noqa: F401
 from .seeded import EpochIndexSampler, SeededDataset  # noqa: F401
 from .small_datasets import FashionMNISTSubset, SklearnDigits  # noqa: F401

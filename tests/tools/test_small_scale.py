@@ -4,7 +4,6 @@ import json
 import math
 import os
 import os.path as osp
-import statistics
 import sys
 
 import cv2
@@ -39,6 +38,26 @@ def test_smoke_study_writes_parsable_outputs(tmp_path, capsys):
     k = usage['history'][0]['num_prototypes']
     assert all(1 <= h['effective_number'] <= k + 1e-6 for h in usage['history'])
     assert len(usage['kappa']) == k
+    # I(x;k) = H(pbar) - E[H(p)] with H(pbar) = ln(effective number)
+    for h in usage['history']:
+        assert h['mutual_information'] == pytest.approx(
+            math.log(h['effective_number']) - h['mean_entropy'], abs=1e-5)
+    assert 0 <= usage['redundancy']['dup_members'] <= k
+    # the final teacher backbone is kept beside the runs and loads into a fresh backbone
+    import torch
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+    kept = run['teacher_backbone']
+    saved = torch.load(exp / 'backbones' / 'dino_vmf_s0.pth', weights_only=True)
+    assert kept['bytes'] == (exp / 'backbones' / 'dino_vmf_s0.pth').stat().st_size
+    assert saved['meta']['run'] == 'dino_vmf_s0' and saved['meta']['key'] == 'teacher'
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/benchmarks/small_scale/dino_vmf.py'))
+    cfg.merge_from_dict({k: v for k, v in small_scale.SMOKE_OVERRIDES.items()
+                         if k.startswith('model.')})
+    import mmselfsup_vmf  # noqa: F401
+    backbone = MODELS.build(cfg.model.backbone)
+    assert backbone.load_state_dict(saved['state_dict'], strict=True)
+    assert kept['parameters'] == sum(p.numel() for p in backbone.state_dict().values())
     results = json.loads((exp / 'results.json').read_text())
     assert results['summary']['dino_vmf']['knn_top1'] == [run['knn_top1']]
     raw = results['raw_pixels']
@@ -129,38 +148,110 @@ def test_collapse_signs_name_each_kind_of_collapse():
     # SimDINO: no prototypes; comp / expa are the last logged values
     sim = collapse_signs(run([[0, 68.1], [1, 68.5]],
                              train_log=dict(comp=[[10, 0.5], [20, 0.999]],
+                                            global_comp=[[10, 0.4], [20, 0.998]],
                                             expa=[[10, 3.0], [20, 0.01]])))
-    assert (sim['comp'], sim['expa'], sim['verdict']) == (0.999, 0.01, 'k-NN at init')
+    assert (sim['comp'], sim['global_comp'], sim['expa'], sim['verdict']) == (
+        0.999, 0.998, 0.01, 'k-NN at init')
     table = collapse_table([run([[0, 69.6], [1, 70.1]], usage(0.99 * ln_k, 1024.0, 800))])
-    assert '| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — |' in table
+    # I(x;k) = ln 1024 - 0.99 ln 1024 = 0.0693 nats; no redundancy stored
+    assert ('| r | — | 69.60 → 70.10 | 50.00 | 0.990 | 1024 | 800 | — | — | — | 0.069 | — / — |'
+            in table)
 
 
-def test_claims_pair_seeds_and_need_three_of_them():
-    from small_scale_report import claims_table, paired_difference, verdict
+def test_usage_table_reports_the_information_the_assignment_carries():
+    from small_scale_report import usage_table
+
+    def run(name, seed, effective, entropy, redundancy=None):
+        return dict(run_spec=dict(name=f'{name}_s{seed}', seed=seed, overrides={}),
+                    knn_curve=[], knn_top1=70.0, linear_top1=60.0,
+                    prototype_usage=dict(history=[dict(
+                        mean_entropy=entropy, effective_number=effective, distinct_argmax=40,
+                        num_prototypes=1024)], redundancy=redundancy))
+    # exp(H(pbar)) = e^6 and e^5.5 with E[H(p)] = 5.2 and 5.0: I = 0.8 and 0.5 nats. The
+    # larger effective number comes with the softer teacher, not with more information
+    runs = [run('dino', 0, math.exp(6.0), 5.2, dict(dup_groups=3, dup_members=7)),
+            run('dino', 1, math.exp(5.5), 5.0, dict(dup_groups=5, dup_members=11)),
+            run('dino_vmf', 0, math.exp(6.9), 6.5)]
+    table = usage_table(runs)
+    assert '| dino | 2 | 245–403 | 5.00–5.20 | 0.50–0.80 | 40 | 3–5 |' in table
+    assert '| dino_vmf | 1 | 992 | 6.50 | 0.40 | 40 | — (not stored) |' in table
+
+
+def test_paired_t_interval_and_p_against_the_closed_form_at_two_dof():
+    from small_scale_stats import paired_t
+    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3). With 2 degrees of freedom the t CDF
+    # is F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so t_0.975 = sqrt(2 a^2 / (1 - a^2)), a = 0.95,
+    # and the two-sided p = 1 - t / sqrt(2 + t^2) at t = 2 sqrt(3)
+    r = paired_t([1.0, 2.0, 3.0])
+    q = math.sqrt(2 * 0.95 ** 2 / (1 - 0.95 ** 2))  # 4.302652...
+    half = q / math.sqrt(3)
+    t = 2 * math.sqrt(3)
+    assert (r['mean'], r['sd'], r['n'], r['dof']) == (2.0, 1.0, 3, 2)
+    assert (r['low'], r['high']) == (pytest.approx(2 - half, rel=1e-9),
+                                     pytest.approx(2 + half, rel=1e-9))
+    assert r['p'] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)  # 0.0742
+
+
+def test_welch_interval_against_a_hand_computation():
+    from small_scale_stats import welch_t
+    # a = 1, 2, 3 (var 1), b = 0, 0, 3 (var 3): difference 1, se = sqrt(1/3 + 1) = 2/sqrt(3),
+    # Welch dof = (4/3)^2 / ((1/3)^2/2 + 1/2) = 16/5 = 3.2
+    r = welch_t([1.0, 2.0, 3.0], [0.0, 0.0, 3.0])
+    assert r['dof'] == pytest.approx(3.2)
+    from scipy import stats
+    se = 2 / math.sqrt(3)
+    assert r['high'] - r['mean'] == pytest.approx(stats.t.ppf(0.975, 3.2) * se)
+    assert r['p'] == pytest.approx(2 * stats.t.sf(1 / se, 3.2))
+
+
+def test_claims_pair_seeds_only_where_the_initialisation_is_shared():
+    from small_scale_report import claims_table
+    from small_scale_stats import compare, verdict
 
     def run(method, seed, knn, linear=50.0):
         return dict(run_spec=dict(name=f'{method}_s{seed}', method=method, seed=seed),
                     knn_top1=knn, linear_top1=linear)
-    # per-seed differences +1.0, +1.2, +0.8: mean 1.0, std 0.2, 2 SE = 0.231
+    # per-seed differences +1.0, +1.2, +0.8: mean 1.0, std 0.2; t_0.975,2 * 0.2/sqrt(3) = 0.497
     runs = [run('dino', s, v) for s, v in enumerate((70.0, 75.0, 72.0))]
     runs += [run('dino_vmf', s, v) for s, v in enumerate((71.0, 76.2, 72.8))]
-    mean, std, n = paired_difference(runs, 'dino_vmf', 'dino', 'knn_top1')
-    assert (mean, std, n) == (pytest.approx(1.0), pytest.approx(0.2), 3)
-    assert verdict(mean, std, n) == 'holds (higher)'
-    # the unpaired spread (std 2.5 across seeds) would hide this; the pairing does not
-    assert verdict(-1.0, 0.2, 3) == 'fails (lower)'
-    # differences +0.1, -0.2, +0.3: mean 0.067 < 2 SE = 0.291
-    assert verdict(0.2 / 3, statistics.stdev([0.1, -0.2, 0.3]), 3) == 'tie (within seed noise)'
-    assert verdict(5.0, 0.1, 2) == 'no verdict (2 seeds)'
+    r = compare(runs, 'dino_vmf', 'dino', 'knn_top1')
+    assert (r['mean'], r['sd'], r['n'], r['paired']) == (
+        pytest.approx(1.0), pytest.approx(0.2), 3, True)
+    assert r['low'] == pytest.approx(1.0 - 0.4968275, abs=1e-6)
+    assert verdict(r).startswith('higher (95 % CI [+0.50, +1.50], p = 0.0')
+    # the same values unpaired (std 2.5 across seeds) are inconclusive: the pairing matters,
+    # and SimDINO against DINO is not paired at initialisation
+    runs += [run('simdino', s, v) for s, v in enumerate((71.0, 76.2, 72.8))]
+    r = compare(runs, 'simdino', 'dino', 'knn_top1')
+    assert r['paired'] is False and verdict(r).startswith('inconclusive (95 % CI [')
+    assert verdict(compare(runs[:2] + runs[3:5], 'dino_vmf', 'dino', 'knn_top1')) == \
+        'no verdict (2 seeds)'
     # a seed only one side has finished is left out of the pairing
     runs.append(run('dino_vmf', 3, 99.0))
-    assert paired_difference(runs, 'dino_vmf', 'dino', 'knn_top1')[2] == 3
+    assert compare(runs, 'dino_vmf', 'dino', 'knn_top1')['n'] == 3
     table = claims_table(runs)
-    assert '| DINO-vMF ≥ DINO | 3 | +1.00 ± 0.20 | holds (higher) | +0.00 ± 0.00 |' in table
-    assert '| SimDINO ≥ DINO | 0 | — | not run |' in table
-    # any pair of methods, by the same rule
+    assert '| DINO-vMF ≥ DINO | 3 | paired by seed | +1.00 ± 0.20 | higher (' in table
+    assert '| SimDINO (balanced) ≥ DINO | 0 | not paired (Welch) | — | not run |' in table
+    assert '| SimDINO (untranslated) ≥ DINO | 3 | not paired (Welch) | +1.00 | inconclusive' \
+        in table
     other = claims_table(runs, (('dino', 'dino_vmf'), ))
-    assert '| DINO ≥ DINO-vMF | 3 | -1.00 ± 0.20 | fails (lower) |' in other
+    assert '| DINO ≥ DINO-vMF | 3 | paired by seed | -1.00 ± 0.20 | lower (' in other
+
+
+def test_pairing_families_match_the_initial_knn_of_the_committed_runs():
+    # runs of one seed that start from the same weights have the same k-NN at epoch 0
+    from small_scale_report import load_runs
+    from small_scale_stats import paired_at_init
+    runs = [r for r in load_runs(osp.join(ROOT, 'benchmarks', 'results', 'small_scale', 'study'))
+            if r['run_spec']['seed'] == 0 and r.get('knn_curve')]
+    init = {r['run_spec']['method']: r['knn_curve'][0][1] for r in runs
+            if r['run_spec']['name'].endswith('_s0') and r['knn_curve'][0][0] == 0}
+    if len(init) < 2:
+        pytest.skip('fewer than two committed study runs with an initial k-NN')
+    for a in init:
+        for b in init:
+            if a != b:
+                assert (init[a] == init[b]) == paired_at_init(a, b), (a, b)
 
 
 def test_two_drivers_never_claim_the_same_run(tmp_path):

@@ -79,9 +79,11 @@ def test_a_finished_smoke_run_is_rescored_with_every_feature(tmp_path, capsys):
                                                                                2 * dim]
     text = (tmp_path / 'features' / 'features.md').read_text()
     table = text.splitlines()
-    assert table[2].startswith('| raw pixels |') and table[3].startswith('| SimDINO | 1 |')
-    # SimDINO >= DINO has no DINO run to pair with here
-    assert "claims with the cls4 feature" in text and '| SimDINO ≥ DINO | 0 |' in text
+    assert table[2].startswith('| raw pixels |') and table[3].startswith(
+        '| SimDINO (untranslated) | 1 |')
+    # SimDINO >= DINO has no DINO run to compare with here
+    assert "claims with the cls4 feature" in text
+    assert '| SimDINO (untranslated) ≥ DINO | 0 | not paired (Welch) | — | not run |' in text
     # a second call skips the scored run
     capsys.readouterr()
     assert small_scale_features.main(args) == 0

@@ -40,7 +40,12 @@ from typing import Dict, List
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from small_scale_run import ROOT, write_json_atomic  # noqa: E402
 
-METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')
+METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2', 'simdino_balanced',
+           'simdinov2_balanced')
+# simdino / simdinov2: the untranslated recipe (rate_batch = the batch of 64);
+# *_balanced: the coding-rate balance moved to the study's batch and width
+# (docs/simdino.md#small-batch-balance)
+GAMMA = 'model.loss.gamma'
 CONFIG_DIR = 'configs/benchmarks/small_scale'
 STUDY_EPOCHS = 3  # 2,811 iterations per run; timings in docs/benchmarks.md
 SWEEP_EPOCHS = 1
@@ -124,6 +129,14 @@ def robustness_runs(args) -> List[dict]:
     add('dino_no_centering', 'dino', {'model.loss.centering': 'none'})
     add('dino_unnormalised_prototypes', 'dino', {'model.head.norm_last_layer': False})
     add('dino_vmf_debye', 'dino_vmf', {'model.loss.approximation': 'debye'})
+    # SimDINO's counterpart of DINO's stress runs: the coding-rate weight gamma x 0, 0.1, 10
+    # around the balanced recipe (its gamma = 1/rate_batch + 1/d)
+    if 'simdino_balanced' in args.methods:
+        from mmengine.config import Config
+        cfg = Config.fromfile(osp.join(ROOT, CONFIG_DIR, 'simdino_balanced.py'))
+        gamma = 1 / cfg.model.loss.rate_batch + 1 / cfg.model.head.bottleneck_channels
+    for factor in (0.0, 0.1, 10.0) if 'simdino_balanced' in args.methods else ():
+        add(f'simdino_balanced_gamma_x{factor:g}', 'simdino_balanced', {GAMMA: factor * gamma})
     return [r for r in runs if r['method'] in args.methods]
 
 

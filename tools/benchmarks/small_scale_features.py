@@ -109,7 +109,7 @@ def features_table(results: List[dict], raw: dict) -> str:
 
 
 def feature_claims(results: List[dict], feature: str) -> str:
-    """The study's claims table (paired per-seed differences) scored with ``feature``."""
+    """The study's claims table (its rule: small_scale_stats) scored with ``feature``."""
     runs = [dict(run_spec=dict(name=r['run'], method=r['method'], seed=r['seed']),
                  **r['features'][feature]) for r in results]
     return claims_table(runs)
@@ -164,8 +164,9 @@ def main(argv=None) -> int:
     with open(table, 'w') as f:
         f.write(features_table(results, raw))
         for feature in FEATURES[1:]:
-            f.write(f'\nThe papers\' claims with the {feature} feature (paired per-seed '
-                    'differences, as the study\'s table):\n\n' + feature_claims(results, feature))
+            f.write(f'\nThe papers\' claims with the {feature} feature (the study\'s rule: '
+                    '95 % t-intervals, paired by seed within a family):\n\n'
+                    + feature_claims(results, feature))
     print(f'wrote {table} ({len(results)} runs)')
     return 0
 

@@ -8,9 +8,13 @@ training (the training log's per-batch statistics are on random crops)::
     p_bar = mean_i q_i
     effective number = exp(H(p_bar)),  H(p) = -sum_k p_k ln p_k      (between 1 and K)
     distinct argmax  = |{argmax_k q_ik}|
+    I(x;k)           = H(p_bar) - mean_i H(q_i)  (what the assignment says about the image;
+                       exp(H(p_bar)) alone also grows with how soft each q_i is)
 
 At the end of training it also stores every student precision kappa_k = ||w_k|| / tau_s
-(the quantity that PrototypeMonitorHook summarises by quantiles). It does not change the
+(the quantity that PrototypeMonitorHook summarises by quantiles) and the redundancy of the
+teacher's prototypes (pairwise cosines, groups above 0.9: ``prototype_redundancy``). It
+does not change the
 model or the training; models without prototypes (SimDINO, SimDINOv2) are skipped.
 
 ``SessionStartHook`` remembers the iteration a training session starts from (after mmengine
@@ -27,6 +31,11 @@ import torch
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 from mmpretrain.utils import get_ori_model
+
+from mmselfsup_vmf.engine.hooks.prototype_monitor import (
+    mutual_information,
+    prototype_redundancy,
+)
 
 
 def effective_number(probs: torch.Tensor) -> float:
@@ -70,6 +79,7 @@ class PrototypeUsageProbeHook(Hook):
         self.out_file = out_file
         self.history: List[dict] = []
         self.kappa: Optional[List[float]] = None
+        self.redundancy: Optional[dict] = None
         self._batch = None
 
     def _path(self, runner) -> str:
@@ -110,13 +120,15 @@ class PrototypeUsageProbeHook(Hook):
         entropy = -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
         return dict(effective_number=effective_number(q),
                     distinct_argmax=int(q.argmax(-1).unique().numel()),
-                    mean_entropy=float(entropy), num_prototypes=int(q.shape[-1]))
+                    mean_entropy=float(entropy), num_prototypes=int(q.shape[-1]),
+                    mutual_information=mutual_information(q)['mutual_information'])
 
     def _save(self, runner) -> None:
         path = self._path(runner)
         tmp = path + '.tmp'
         with open(tmp, 'w') as f:
-            json.dump(dict(history=self.history, kappa=self.kappa), f)
+            json.dump(dict(history=self.history, kappa=self.kappa,
+                           redundancy=self.redundancy), f)
         os.replace(tmp, path)
 
     def before_train(self, runner) -> None:
@@ -150,4 +162,7 @@ class PrototypeUsageProbeHook(Hook):
             self._record_at(runner, runner.iter)
         norms = model.head.prototype_norms().detach().double()
         self.kappa = (norms / model.loss_module.student_temp).tolist()
+        with torch.no_grad():
+            self.redundancy = prototype_redundancy(
+                model.teacher.module['head'].last_layer.weight)
         self._save(runner)

@@ -20,10 +20,13 @@ import statistics
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
+import small_scale_stats as stats
 from small_scale_run import write_json_atomic
 
 METHOD_NAMES = dict(dino='DINO', dino_vmf='DINO-vMF', ibot='iBOT', ibot_vmf='iBOT-vMF',
-                    simdino='SimDINO', simdinov2='SimDINOv2')
+                    simdino='SimDINO (untranslated)', simdinov2='SimDINOv2 (untranslated)',
+                    simdino_balanced='SimDINO (balanced)',
+                    simdinov2_balanced='SimDINOv2 (balanced)')
 
 
 def group_name(run: dict) -> str:
@@ -97,58 +100,25 @@ def markdown_table(summary, raw: dict) -> str:
 
 
 # the papers' claims tested by the study: (method, baseline) -- DINO-vMF (arXiv:2405.14467)
-# and iBOT-vMF against their baselines, SimDINO (arXiv:2502.10385) against DINO
-CLAIMS = (('dino_vmf', 'dino'), ('ibot_vmf', 'ibot'), ('simdino', 'dino'))
+# and iBOT-vMF against their baselines, SimDINO (arXiv:2502.10385) against DINO, with the
+# balanced recipe and with the untranslated one
+CLAIMS = (('dino_vmf', 'dino'), ('ibot_vmf', 'ibot'), ('simdino_balanced', 'dino'),
+          ('simdino', 'dino'))
 # not claimed by a paper at this scale, scored by the same rule in results.md
-OTHER_COMPARISONS = (('simdinov2', 'dino'), ('simdinov2', 'simdino'))
-
-
-def paired_difference(runs: List[dict], method: str, baseline: str, key: str):
-    """Per-seed differences method - baseline of ``key`` over the seeds both have finished:
-    (mean, sample std or None, n)."""
-    def by_seed(m):
-        return {r['run_spec']['seed']: r[key] for r in runs
-                if group_name(r) == m and r['run_spec']['method'] == m}
-    a, b = by_seed(method), by_seed(baseline)
-    diffs = [a[seed] - b[seed] for seed in sorted(set(a) & set(b))]
-    if not diffs:
-        return None, None, 0
-    std = statistics.stdev(diffs) if len(diffs) > 1 else None
-    return statistics.mean(diffs), std, len(diffs)
-
-
-def verdict(mean: float, std, n: int) -> str:
-    """The claim "method >= baseline": higher when the mean paired difference is more than
-    two standard errors above 0, lower when more than two below, a tie otherwise (the seeds
-    then support neither direction); fewer than 3 seeds make no verdict."""
-    if n < 3 or std is None:
-        return f'no verdict ({n} seed{"s" if n != 1 else ""})'
-    se = std / math.sqrt(n)
-    if mean > 2 * se:
-        return 'holds (higher)'
-    if mean < -2 * se:
-        return 'fails (lower)'
-    return 'tie (within seed noise)'
+OTHER_COMPARISONS = (('simdinov2_balanced', 'dino'), ('simdinov2', 'dino'),
+                     ('simdino_balanced', 'simdino'), ('simdinov2_balanced', 'simdinov2'),
+                     ('simdinov2_balanced', 'simdino_balanced'), ('simdinov2', 'simdino'))
 
 
 def claims_table(runs: List[dict], pairs=CLAIMS) -> str:
-    lines = ['| claim | seeds | k-NN difference (points) | verdict | linear difference (points) '
-             '| verdict |', '|---|---|---|---|---|---|']
-    for method, baseline in pairs:
-        cells = []
-        n = 0
-        for key in ('knn_top1', 'linear_top1'):
-            mean, std, n = paired_difference(runs, method, baseline, key)
-            if mean is None:
-                cells += ['—', 'not run']
-                continue
-            spread = '' if std is None else f' ± {std:.2f}'
-            cells += [f'{mean:+.2f}{spread}', verdict(mean, std, n)]
-        lines.append(f'| {METHOD_NAMES[method]} ≥ {METHOD_NAMES[baseline]} | {n} | '
-                     + ' | '.join(cells) + ' |')
-    return '\n'.join(lines) + '\n'
+    """Each comparison with its difference, 95 % t-interval and p (small_scale_stats)."""
+    return stats.claims_table(runs, pairs, METHOD_NAMES)
 
 
+USAGE_TEXT = ('Teacher prototype usage at the end of training on 2,000 fixed test images '
+              '(min–max over the runs of a group; the prototypes of runs trained before the '
+              'redundancy was stored are gone, so those cannot be re-scored without '
+              're-training):\n\n')
 README_START = '<!-- small-scale-study:start -->'
 README_END = '<!-- small-scale-study:end -->'
 DOCS_MARKERS = ('<!-- small-scale-study-details:start -->',
@@ -157,9 +127,9 @@ DOCS_MARKERS = ('<!-- small-scale-study-details:start -->',
 
 def docs_tables(summary, raw: dict, runs: List[dict]) -> str:
     """docs/benchmarks.md's study tables: per method (mean ± std over seeds) and the claims."""
-    return (markdown_table(summary, raw) + '\nThe papers\' claims (paired per-seed '
-            'differences, mean ± std; a verdict needs 3 seeds; higher / lower when the mean '
-            'is more than two standard errors from 0, a tie otherwise):\n\n' + claims_table(runs))
+    return (markdown_table(summary, raw) + '\nThe papers\' claims. ' + stats.RULE_TEXT
+            + '\n\n' + claims_table(runs) + '\nOther comparisons, same rule:\n\n'
+            + claims_table(runs, OTHER_COMPARISONS) + '\n' + USAGE_TEXT + usage_table(runs))
 
 
 def readme_table(summary, raw: dict) -> str:
@@ -207,12 +177,19 @@ def collapse_signs(run: dict) -> Dict:
     - 'uniform teacher': mean per-image teacher entropy > COLLAPSE_UNIFORM * ln K (its
       uniform collapse).
     SimDINO's signs are its alignment ``comp`` (cosine, -> 1) and coding rate ``expa`` (-> 0),
-    reported from the training log at the last logged iteration."""
+    reported from the training log at the last logged iteration.
+
+    Also reported, not used by the verdict: I(x;k) = ln(effective number) - mean entropy
+    (what the teacher's assignment says about the image; runs measured before it was stored
+    get it from the same two stored values) and the teacher prototypes' near-duplicate
+    groups / members (cosine > 0.9; only runs that stored them)."""
     curve = run.get('knn_curve') or []
     knn_init = curve[0][1] if curve and curve[0][0] == 0 else None
     out = dict(knn_init=knn_init, knn_final=run['knn_top1'], linear=run['linear_top1'],
                entropy_ratio=None, effective_number=None, distinct_argmax=None,
+               mutual_information=None, dup_groups=None, dup_members=None,
                comp=_last(run.get('train_log', {}).get('comp', [])),
+               global_comp=_last(run.get('train_log', {}).get('global_comp', [])),
                expa=_last(run.get('train_log', {}).get('expa', [])))
     signs = []
     if knn_init is not None and run['knn_top1'] < knn_init + COLLAPSE_KNN_GAIN:
@@ -222,7 +199,12 @@ def collapse_signs(run: dict) -> Dict:
         last = usage['history'][-1]
         ratio = last['mean_entropy'] / math.log(last['num_prototypes'])
         out.update(entropy_ratio=ratio, effective_number=last['effective_number'],
-                   distinct_argmax=last['distinct_argmax'])
+                   distinct_argmax=last['distinct_argmax'],
+                   mutual_information=math.log(last['effective_number'])
+                   - last['mean_entropy'])
+        redundancy = usage.get('redundancy') or {}
+        out.update(dup_groups=redundancy.get('dup_groups'),
+                   dup_members=redundancy.get('dup_members'))
         if last['effective_number'] < COLLAPSE_FEW * last['num_prototypes']:
             signs.append('few prototypes')
         if ratio > COLLAPSE_UNIFORM:
@@ -235,8 +217,9 @@ def collapse_table(runs: List[dict]) -> str:
     def fmt(value, pattern):
         return '—' if value is None else format(value, pattern)
     lines = ['| run | changes | k-NN init → final (%) | linear (%) | teacher H / ln K | '
-             'effective prototypes | distinct argmax | comp | expa | verdict |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             'effective prototypes | distinct argmax | comp | global comp | expa | '
+             'I(x;k) (nats) | near-duplicate groups / prototypes | verdict |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for run in runs:
         c = collapse_signs(run)
         lines.append(
@@ -244,7 +227,35 @@ def collapse_table(runs: List[dict]) -> str:
             f'{fmt(c["knn_init"], ".2f")} → {c["knn_final"]:.2f} | {c["linear"]:.2f} | '
             f'{fmt(c["entropy_ratio"], ".3f")} | {fmt(c["effective_number"], ".0f")} | '
             f'{fmt(c["distinct_argmax"], "d")} | {fmt(c["comp"], ".3f")} | '
-            f'{fmt(c["expa"], ".2f")} | {c["verdict"]} |')
+            f'{fmt(c["global_comp"], ".3f")} | '
+            f'{fmt(c["expa"], ".2f")} | {fmt(c["mutual_information"], ".3f")} | '
+            f'{fmt(c["dup_groups"], "d")} / {fmt(c["dup_members"], "d")} | {c["verdict"]} |')
+    return '\n'.join(lines) + '\n'
+
+
+def usage_table(runs: List[dict]) -> str:
+    """Per prototype method, min–max over its runs at the end of training on the probe
+    images: effective number, mean per-image entropy, I(x;k), distinct argmax, duplicates."""
+    groups: 'OrderedDict[str, List[Dict]]' = OrderedDict()
+    for run in runs:
+        if (run.get('prototype_usage') or {}).get('history'):
+            groups.setdefault(group_name(run), []).append(collapse_signs(run) | dict(
+                mean_entropy=run['prototype_usage']['history'][-1]['mean_entropy']))
+
+    def span(rows, key, pattern):
+        values = [r[key] for r in rows if r[key] is not None]
+        if not values:
+            return '— (not stored)'
+        low, high = format(min(values), pattern), format(max(values), pattern)
+        return low if low == high else f'{low}–{high}'
+    lines = ['| run group | runs | effective prototypes exp(H(p̄)) | mean entropy E[H(p)] '
+             '(nats) | I(x;k) = H(p̄) − E[H(p)] (nats) | distinct argmax | near-duplicate '
+             'groups (cos > 0.9) |', '|---|---|---|---|---|---|---|']
+    for name, rows in groups.items():
+        lines.append(f'| {name} | {len(rows)} | {span(rows, "effective_number", ".0f")} | '
+                     f'{span(rows, "mean_entropy", ".2f")} | '
+                     f'{span(rows, "mutual_information", ".2f")} | '
+                     f'{span(rows, "distinct_argmax", "d")} | {span(rows, "dup_groups", "d")} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -365,11 +376,11 @@ def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[
         f.write('\nCollapse signs at the end of each run (probe images for the teacher; '
                 'comp / expa from the training log):\n\n')
         f.write(collapse_table(sorted(runs, key=lambda r: r['run_spec']['name'])))
-        f.write('\nThe papers\' claims: paired per-seed differences (mean ± std over seeds); '
-                'higher / lower when the mean is more than two standard errors from 0:\n\n')
+        f.write('\nThe papers\' claims. ' + stats.RULE_TEXT + '\n\n')
         f.write(claims_table(runs))
         f.write('\nOther comparisons, same rule:\n\n')
         f.write(claims_table(runs, OTHER_COMPARISONS))
+        f.write('\n' + USAGE_TEXT + usage_table(runs))
     paths = [results_path, table_path]
     if runs:
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))

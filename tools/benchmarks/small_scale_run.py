@@ -10,7 +10,9 @@ checkpoint if a previous session was stopped), then evaluates the teacher's CLS 
   (``mmselfsup_vmf/evaluation/logistic_probe.py``).
 
 The result (accuracies, k-NN after every epoch from the training log, timings, load average,
-prototype usage for prototype methods) is written atomically to ``result_path``.
+prototype usage for prototype methods) is written atomically to ``result_path``. The final
+teacher backbone is kept beside it (``save_teacher_backbone``) so that later evaluations
+re-score a run without re-training.
 """
 import datetime
 import json
@@ -150,6 +152,31 @@ def evaluate_features(train, test) -> dict:
                 linear_seconds=time.time() - start)
 
 
+def backbone_path(result_path: str) -> str:
+    """``<out>/<experiment>/runs/<run>.json`` -> ``<out>/<experiment>/backbones/<run>.pth``."""
+    runs_dir, name = osp.split(result_path)
+    return osp.join(osp.dirname(runs_dir), 'backbones', osp.splitext(name)[0] + '.pth')
+
+
+def save_teacher_backbone(model, run_spec: dict, path: str) -> dict:
+    """Save the EMA teacher's backbone as ``{'state_dict', 'meta'}`` (the layout of
+    tools/model_converters/extract_backbone.py: mmpretrain keys, plain values only, loads
+    with ``weights_only=True``); returns its path, size and parameter count."""
+    import torch
+    state = {k: v.detach().cpu().clone()
+             for k, v in model.teacher.module['backbone'].state_dict().items()}
+    meta = dict(run=run_spec['name'], method=run_spec['method'], config=run_spec['config'],
+                seed=int(run_spec['seed']), overrides=json.dumps(run_spec['overrides']),
+                key='teacher')
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    torch.save(dict(state_dict=state, meta=meta), tmp)
+    os.replace(tmp, path)
+    inside = osp.abspath(path).startswith(ROOT + os.sep)
+    return dict(path=osp.relpath(path, ROOT) if inside else osp.abspath(path),
+                bytes=osp.getsize(path), parameters=int(sum(v.numel() for v in state.values())))
+
+
 def run_one(run_spec: dict, result_path: str) -> dict:
     import torch
     torch.set_num_threads(1)
@@ -182,6 +209,7 @@ def run_one(run_spec: dict, result_path: str) -> dict:
                                         sessions=previous['sessions'] + 1))
     model = runner.model
     model.eval()
+    backbone = save_teacher_backbone(model, run_spec, backbone_path(result_path))
     start = time.time()
     train, test = extract_teacher_features(model, cfg)
     extract_s = time.time() - start
@@ -195,7 +223,7 @@ def run_one(run_spec: dict, result_path: str) -> dict:
     # collapse signs: the teacher's argmax/entropy (prototype methods), the alignment and the
     # coding rate (SimDINO: comp -> 1 with expa -> 0)
     logged = read_log_series(run_spec['work_dir'], ['teacher_unique_argmax', 'teacher_entropy',
-                                                'loss', 'comp', 'expa'])
+                                                'loss', 'comp', 'global_comp', 'expa'])
     usage_path = osp.join(run_spec['work_dir'], 'prototype_usage.json')
     usage = None
     if osp.isfile(usage_path):
@@ -206,6 +234,7 @@ def run_one(run_spec: dict, result_path: str) -> dict:
         knn_curve=[[x / iters_per_epoch, v] for x, v in curve],
         train_log={k: v[::max(1, len(v) // 200)] for k, v in logged.items()},
         prototype_usage=usage,
+        teacher_backbone=backbone,
         iters=runner.iter, iters_this_session=iters_this_session,
         iters_per_epoch=iters_per_epoch, batch_size=batch,
         train_seconds=train_s, knn_hook_seconds=knn_hook_s,

@@ -12,6 +12,10 @@ n = m·N the global batch, d the feature size):
     R_g  = ½ logdet(I_d + d/(n·eps) · Z_gᵀZ_g),  Z_g = (s_g + sg[t_g])/2  ('mean')
                                                   Z_g = s_g               ('student')
     loss = −coeff·comp − γ·mean_g R_g,            γ = (d + n)/(d·n) by default.
+
+``rate_batch`` replaces n in α and γ (the rule for a small batch and width:
+docs/simdino.md#small-batch-balance); ``global_comp`` (the cosine over global-crop pairs
+only, the official v2 ``global_comp_loss``) is logged, not optimised.
 """
 from typing import Dict, Optional, Sequence, Union
 
@@ -39,6 +43,14 @@ def check_rate_batch(per_gpu_batch: int, who: str = 'SimDINO') -> None:
 def default_gamma(d: int, n: int) -> float:
     """The official balancing factor γ = (d + n)/(d·n) = 1/n + 1/d (n = global batch)."""
     return (d + n) / (d * n)
+
+
+def check_rate_batch_override(rate_batch, who: str = 'model.loss.rate_batch') -> None:
+    if rate_batch is not None and (isinstance(rate_batch, bool) or not isinstance(rate_batch, int)
+                                   or rate_batch < 1):
+        raise ValueError(f'{who} (SimDINOLoss) must be None (the global batch) or a '
+                         f'positive int, the n used in alpha = d/(n*eps) and gamma = 1/n + '
+                         f'1/d; got {rate_batch!r}')
 
 
 def _stack_views(views, name: str) -> Tensor:
@@ -70,6 +82,14 @@ def alignment_cosine(student: Tensor, teacher: Tensor) -> Tensor:
     return sim.masked_fill(same_view, 0).sum() / (num_global * num_views - num_global)
 
 
+def global_alignment_cosine(student: Tensor, teacher: Tensor) -> Tensor:
+    """The alignment over global-crop pairs only (g ≠ g', both global), a logged value:
+    1/(G² − G) Σ_g Σ_{g'≠g} mean_b cos(t_{g,b}, s_{g',b}) (for G = 2 the official v2
+    ``global_comp_loss``, which divides the same sum by G)."""
+    with torch.no_grad():
+        return alignment_cosine(student[:teacher.shape[0]], teacher)
+
+
 def simdino_loss_terms(student: Union[Sequence[Tensor], Tensor],
                        teacher: Union[Sequence[Tensor], Tensor],
                        eps: float = 0.05,
@@ -77,12 +97,14 @@ def simdino_loss_terms(student: Union[Sequence[Tensor], Tensor],
                        expa_type: str = 'mean',
                        gamma: Optional[float] = None,
                        reduce_cov: bool = False,
-                       num_global: int = 2) -> Dict[str, Tensor]:
+                       num_global: int = 2,
+                       rate_batch: Optional[int] = None) -> Dict[str, Tensor]:
     """The SimDINO CLS loss (module docstring) as a dict.
 
     Keys containing 'loss' sum to the objective: ``loss_comp`` = −coeff·comp,
-    ``loss_expa`` = −γ·mean_g R_g; ``comp`` and ``expa`` = γ·mean_g R_g are detached
-    logging values (the official ``comp_loss`` / ``expa_loss``).
+    ``loss_expa`` = −γ·mean_g R_g; ``comp``, ``expa`` = γ·mean_g R_g (the official
+    ``comp_loss`` / ``expa_loss``) and ``global_comp`` are detached logging values.
+    ``rate_batch`` is the n of α and γ (None: the global batch).
     """
     s = _stack_views(student, 'student')
     t = _stack_views(teacher, 'teacher')
@@ -112,17 +134,18 @@ def simdino_loss_terms(student: Union[Sequence[Tensor], Tensor],
         rate_features = (student_global + t.detach().to(student_global.dtype)) / 2
     else:
         rate_features = student_global
-    n = global_batch_size(m)
+    check_rate_batch_override(rate_batch)
+    n = global_batch_size(m) if rate_batch is None else rate_batch
     # non-finite values propagate as NaN: the divergence guard names iteration and term
     rates = coding_rate(rate_features, eps, n=n, reduce_cov=reduce_cov,
                         check_values=False)  # (G,)
     gamma = default_gamma(d, n) if gamma is None else float(gamma)
     expa = gamma * rates.mean()
-    return dict(
-        loss_comp=-coeff * comp,
-        loss_expa=-expa,
-        comp=comp.detach(),
-        expa=expa.detach())
+    terms = dict(loss_comp=-coeff * comp, loss_expa=-expa, comp=comp.detach(),
+                 expa=expa.detach())
+    if num_global > 1:  # one global view has no global pair
+        terms['global_comp'] = global_alignment_cosine(s, t)
+    return terms
 
 
 @MODELS.register_module()
@@ -139,6 +162,9 @@ class SimDINOLoss(nn.Module):
         reduce_cov: all-reduce ZᵀZ over ranks (rate of the global batch). The official
             default False uses the local covariance with α and γ from the global n.
         num_global: number of global views (teacher views).
+        rate_batch: the n in α = d/(n·eps) and γ = 1/n + 1/d; None (default, official)
+            = the global batch. The small-scale study sets it by the balance rule of
+            docs/simdino.md#small-batch-balance (``benchmarks/bench_simdino_balance.py``).
     """
 
     def __init__(self,
@@ -147,8 +173,10 @@ class SimDINOLoss(nn.Module):
                  expa_type: Union[str, int] = 'mean',
                  gamma: Optional[float] = None,
                  reduce_cov: bool = False,
-                 num_global: int = 2) -> None:
+                 num_global: int = 2,
+                 rate_batch: Optional[int] = None) -> None:
         super().__init__()
+        check_rate_batch_override(rate_batch)
         if not isinstance(expa_type, str) and expa_type in _OFFICIAL_EXPA_TYPES:
             expa_type = _OFFICIAL_EXPA_TYPES[expa_type]
         if expa_type not in EXPA_TYPES:
@@ -168,6 +196,7 @@ class SimDINOLoss(nn.Module):
         self.gamma = None if gamma is None else float(gamma)
         self.reduce_cov = bool(reduce_cov)
         self.num_global = int(num_global)
+        self.rate_batch = rate_batch
 
     def forward(self, student: Sequence[Tensor],
                 teacher: Sequence[Tensor]) -> Dict[str, Tensor]:
@@ -175,12 +204,13 @@ class SimDINOLoss(nn.Module):
         teacher: the num_global global views (m, d), detached here."""
         return simdino_loss_terms(student, teacher, eps=self.eps, coeff=self.coeff,
                                   expa_type=self.expa_type, gamma=self.gamma,
-                                  reduce_cov=self.reduce_cov, num_global=self.num_global)
+                                  reduce_cov=self.reduce_cov, num_global=self.num_global,
+                                  rate_batch=self.rate_batch)
 
     def extra_repr(self) -> str:
         return (f'eps={self.eps}, coeff={self.coeff}, expa_type={self.expa_type!r}, '
                 f'gamma={self.gamma}, reduce_cov={self.reduce_cov}, '
-                f'num_global={self.num_global}')
+                f'num_global={self.num_global}, rate_batch={self.rate_batch}')
 
 
 # ----------------------------------------------------------------------------------------

@@ -9,7 +9,12 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmselfsup_vmf.engine.hooks import PrototypeMonitorHook
-from mmselfsup_vmf.engine.hooks.prototype_monitor import entropy_of, kappa_quantiles
+from mmselfsup_vmf.engine.hooks.prototype_monitor import (
+    entropy_of,
+    kappa_quantiles,
+    mutual_information,
+    prototype_redundancy,
+)
 from mmselfsup_vmf.models.algorithms import DINO
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,6 +36,41 @@ def test_entropy_of_uniform_and_point_mass():
     assert entropy_of(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(0.0)
 
 
+def test_mutual_information_hand_cases_and_numpy():
+    # two images on two different prototypes: H(pbar) = ln 2, E[H(p)] = 0
+    assert mutual_information(torch.eye(2))['mutual_information'] == pytest.approx(math.log(2))
+    # every image the same soft distribution: the assignment says nothing about the image
+    same = torch.tensor([[0.7, 0.2, 0.1]] * 4)
+    assert mutual_information(same)['mutual_information'] == pytest.approx(0.0, abs=1e-15)
+    p = torch.softmax(torch.randn(50, 16, generator=torch.Generator().manual_seed(1)), -1)
+    q = p.double().numpy()
+    pbar = q.mean(0)
+    want = -(pbar * np.log(pbar)).sum() + (q * np.log(q)).sum(1).mean()
+    got = mutual_information(p)
+    assert got['mutual_information'] == pytest.approx(want, rel=1e-6)
+    assert got['pbar_entropy'] == pytest.approx(-(pbar * np.log(pbar)).sum(), rel=1e-6)
+
+
+def test_prototype_redundancy_groups_near_duplicates():
+    def unit(angle_deg, plane=(0, 1), dim=6, scale=1.0):
+        v = torch.zeros(dim, dtype=torch.float64)
+        v[plane[0]] = math.cos(math.radians(angle_deg))
+        v[plane[1]] = math.sin(math.radians(angle_deg))
+        return scale * v
+    # a chain 0°, 20°, 40° in one plane (cos 0.940 between neighbours, 0.766 end to end):
+    # one group of 3 although its ends are not near-duplicates; a pair at 0° and 15° in a
+    # second plane (cos 0.966, norms 1 and 3: only the direction counts); one alone
+    weight = torch.stack([unit(0), unit(20), unit(40), unit(0, (2, 3)),
+                          unit(15, (2, 3), scale=3.0), unit(0, (4, 5))])
+    got = prototype_redundancy(weight, 0.9)
+    assert (got['dup_groups'], got['dup_members']) == (2, 5)
+    cos = np.array([[math.cos(math.radians(a - b)) for b in (0, 20, 40)] for a in (0, 20, 40)])
+    assert got['cos_max'] == pytest.approx(math.cos(math.radians(15)))
+    # off-diagonal mean over 30 ordered pairs: the chain's 6, the pair's 2, the rest 0
+    assert got['cos_mean'] == pytest.approx(((cos.sum() - 3) + 2 * got['cos_max']) / 30)
+    assert prototype_redundancy(weight, 0.95)['dup_groups'] == 1  # only the 15° pair
+
+
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match='interval'):
         PrototypeMonitorHook(interval=0)
@@ -38,6 +78,8 @@ def test_bad_arguments_are_clear_errors():
         PrototypeMonitorHook(quantiles=(0.5, 1.5))
     with pytest.raises(ValueError, match='uniform_ratio'):
         PrototypeMonitorHook(uniform_ratio=0.0)
+    with pytest.raises(ValueError, match='redundancy_threshold'):
+        PrototypeMonitorHook(redundancy_threshold=1.0)
 
 
 # --------------------------------------------------------------------- in a Runner
@@ -89,6 +131,15 @@ def test_logs_kappa_quantiles_of_the_student(tmp_path):
     assert hub.get_scalar('train/pbar_entropy').current() == pytest.approx(
         float(-(pbar * pbar.log()).sum()), rel=1e-6)
     assert warnings_in_log(runner) == []  # a healthy start warns about nothing
+    # the last logged redundancy is that of the final student prototypes
+    want = prototype_redundancy(model.head.last_layer.weight)
+    for key, value in want.items():
+        assert hub.get_scalar(f'train/proto_{key}').current() == pytest.approx(value), key
+    # I(x;k) of a 16-image batch lies in [0, ln 16]; H(pbar) in [0, ln K]
+    mi = hub.get_scalar('train/teacher_mi').current()
+    assert 0.0 <= mi <= math.log(16) + 1e-9
+    assert mi <= hub.get_scalar('train/teacher_pbar_entropy').current() <= math.log(
+        model.loss_module.num_prototypes) + 1e-9
 
 
 def test_warns_once_when_the_teacher_is_near_uniform(tmp_path):

@@ -89,7 +89,12 @@ def test_loss_equals_float64_official_semantics(expa_type):
     losses = model.loss(views, [DataSample() for _ in range(6)])
     student, teacher = head_outputs(model, views)
     ref_loss, ref_comp, ref_expa = official_simdino_loss(student, teacher, 0.05, expa_type)
-    assert set(losses) == {'loss_comp', 'loss_expa', 'comp', 'expa'}
+    assert set(losses) == {'loss_comp', 'loss_expa', 'comp', 'expa', 'global_comp'}
+    # logged only: the alignment over the two global-crop pairs (t_0, s_1), (t_1, s_0)
+    np.testing.assert_allclose(losses['global_comp'].item(), np.mean([
+        np.mean(np.sum(teacher[g] * student[1 - g], 1)
+                / np.linalg.norm(teacher[g], axis=1) / np.linalg.norm(student[1 - g], axis=1))
+        for g in range(2)]), rtol=1e-10)
     total = sum(v for k, v in losses.items() if 'loss' in k)
     assert total.dtype == torch.float64
     np.testing.assert_allclose(total.item(), ref_loss, rtol=1e-10)

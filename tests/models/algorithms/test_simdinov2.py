@@ -88,6 +88,7 @@ def build_test_d_model(patch_loss_weight=1.0):
 def test_patch_loss_inside_simdinov2_equals_test_d(weight):
     model, views, samples = build_test_d_model(weight)
     losses = model.loss(views, samples)
+    # one global view: no global-crop pair, so no global_comp
     assert set(losses) == {'loss_comp', 'loss_expa', 'loss_patch', 'comp', 'expa',
                            'mask_ratio'}
     np.testing.assert_allclose(losses['loss_patch'].item(), weight * TEST_D_LOSS, rtol=1e-11)

@@ -32,21 +32,26 @@ def np_unit(x):
 
 
 def np_simdino(student_raw, teacher_raw, eps=0.05, coeff=1.0, expa_type='mean',
-               gamma=None, n_global=None):
-    """Official CLS loss on raw head outputs (normalised here, as the head does)."""
+               gamma=None, n_global=None, rate_batch=None):
+    """Official CLS loss on raw head outputs (normalised here, as the head does);
+    ``rate_batch`` replaces the batch n in alpha and gamma."""
     s, t = np_unit(student_raw), np_unit(teacher_raw)
     num_views, m, d = s.shape
     pair_means = [np.mean(np.sum(s[v] * t[g], axis=-1)) for g in range(2)
                   for v in range(num_views) if v != g]
     comp = sum(pair_means) / (2 * num_views - 2)
+    # the two global-crop pairs (t_0, s_1) and (t_1, s_0), averaged
+    global_comp = (np.mean(np.sum(s[1] * t[0], -1)) + np.mean(np.sum(s[0] * t[1], -1))) / 2
     n = m if n_global is None else n_global
+    n = n if rate_batch is None else rate_batch
     rates = []
     for g in range(2):
         z = (s[g] + t[g]) / 2 if expa_type == 'mean' else s[g]
         rates.append(0.5 * np.linalg.slogdet(np.eye(d) + d / (n * eps) * z.T @ z)[1])
     gam = (d + n) / (d * n) if gamma is None else gamma
     expa = gam * np.mean(rates)
-    return dict(loss_comp=-coeff * comp, loss_expa=-expa, comp=comp, expa=expa)
+    return dict(loss_comp=-coeff * comp, loss_expa=-expa, comp=comp, expa=expa,
+                global_comp=global_comp)
 
 
 def np_total(student_raw, teacher_raw, **kw):
@@ -82,6 +87,39 @@ def run_loss(loss_module, student_raw, teacher_raw):
     return out, s_raw.grad.numpy(), t_raw.grad
 
 
+def test_global_comp_and_rate_batch_against_the_reference():
+    # rate_batch = 40 on a batch of 5: alpha = d/(40 eps), gamma = 1/40 + 1/d; global_comp
+    # is logged only (the gradient is that of loss_comp + loss_expa)
+    student_raw, teacher_raw = raw_outputs(4, 5, 6, seed=3)
+    kw = dict(eps=0.05, rate_batch=40)
+    out, grad, _ = run_loss(SimDINOLoss(**kw), student_raw, teacher_raw)
+    ref = np_simdino(student_raw, teacher_raw, **kw)
+    for key in ref:
+        assert out[key].item() == pytest.approx(ref[key], rel=1e-11, abs=1e-13), key
+    assert not out['global_comp'].requires_grad
+    # gamma = (6 + 40)/(6 * 40), not the batch's (6 + 5)/(6 * 5)
+    rates = np_simdino(student_raw, teacher_raw, gamma=1.0, **kw)['expa']
+    assert out['expa'].item() == pytest.approx(rates * 46 / 240, rel=1e-11)
+    np.testing.assert_allclose(grad, np_grad(student_raw, teacher_raw, **kw), rtol=1e-6,
+                               atol=1e-8)
+    # the default is the batch (the official global n): unchanged behaviour
+    out_default, _, _ = run_loss(SimDINOLoss(), student_raw, teacher_raw)
+    assert out_default['loss_expa'].item() == pytest.approx(
+        np_simdino(student_raw, teacher_raw)['loss_expa'], rel=1e-11)
+
+
+def test_one_global_view_logs_no_global_comp():
+    views = [F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=-1) for _ in range(3)]
+    out = SimDINOLoss(num_global=1)(views, views[:1])
+    assert 'global_comp' not in out and 'comp' in out
+
+
+@pytest.mark.parametrize('bad', [0, -3, 2.5, True, '64'])
+def test_rate_batch_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=r'model\.loss\.rate_batch .*positive int'):
+        SimDINOLoss(rate_batch=bad)
+
+
 # ---------------------------------------------------------------- CLS loss
 @pytest.mark.parametrize('m,d', [(5, 6), (7, 4)])  # Gram (m < d) and covariance forms
 @pytest.mark.parametrize('expa_type', ['mean', 'student'])
@@ -91,7 +129,7 @@ def test_values_and_gradients_two_global_two_local(m, d, expa_type, gamma, coeff
     kw = dict(eps=0.05, coeff=coeff, expa_type=expa_type, gamma=gamma)
     out, grad, teacher_grad = run_loss(SimDINOLoss(**kw), student_raw, teacher_raw)
     ref = np_simdino(student_raw, teacher_raw, **kw)
-    assert set(out) == {'loss_comp', 'loss_expa', 'comp', 'expa'}
+    assert set(out) == {'loss_comp', 'loss_expa', 'comp', 'expa', 'global_comp'}
     for key in ref:
         assert out[key].dtype == torch.float64
         assert out[key].item() == pytest.approx(ref[key], rel=1e-11, abs=1e-13), key
@@ -105,7 +143,7 @@ def test_values_and_gradients_two_global_two_local(m, d, expa_type, gamma, coeff
 def test_default_config_matches_official_defaults():
     loss = MODELS.build(dict(type='SimDINOLoss'))
     assert (loss.eps, loss.coeff, loss.expa_type, loss.gamma, loss.reduce_cov,
-            loss.num_global) == (0.05, 1.0, 'mean', None, False, 2)
+            loss.num_global, loss.rate_batch) == (0.05, 1.0, 'mean', None, False, 2, None)
     assert SimDINOLoss(expa_type=1).expa_type == 'mean'  # the official integer flag
     assert SimDINOLoss(expa_type=0).expa_type == 'student'
 
