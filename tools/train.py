@@ -55,6 +55,9 @@ def merge_args(cfg: Config, args) -> Config:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    if cfg.get('device_crops'):  # e.g. --cfg-options device_crops=True (docs/speed.md)
+        from mmselfsup_vmf.datasets.transforms.device_multicrop import use_device_crops
+        use_device_crops(cfg)
     if args.epochs is not None or args.epoch_iters is not None:
         shorten_run(cfg, args.epochs, args.epoch_iters)  # after --cfg-options: a new base
     if args.work_dir is not None:
