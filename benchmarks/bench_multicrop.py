@@ -21,11 +21,12 @@ same ImageNet-sized JPEGs (scikit-image's colour photos, resized and cropped to 
     python benchmarks/bench_multicrop.py --dino-root /tmp/dino --dinov2-root /tmp/dinov2 \\
         [--rounds 5] [--repeats 4] [--batch 16] [--out results.json]
 
-``--demo`` instead measures each method's demo config with its CPU ``MultiCrop`` and with
-crops on the device (``use_device_crops``, as ``device_crops='cpu'``): per image, the
-loader's CPU time (``SeededDataset`` + pipeline + collate) and the data preprocessor's.
+``--methods`` instead measures each method's ImageNet recipe (``--demo``: its Fashion-MNIST
+demo config) with its CPU ``MultiCrop`` and with the crops on the device
+(``use_device_crops``): per image, the loader's CPU time (decode or ``SeededDataset``,
+pipeline, collate) and the data preprocessor's (on this CPU; masks included).
 
-    python benchmarks/bench_multicrop.py --demo [--rounds 5]
+    python benchmarks/bench_multicrop.py --methods [--demo] [--rounds 5]
 """
 import argparse
 import importlib
@@ -57,7 +58,6 @@ PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry',
           'hubble_deep_field')
 GLOBAL_SCALE, LOCAL_SCALE = (0.4, 1.0), (0.05, 0.4)
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino', 'simdinov2')
 
 
 def jpeg_inputs(long_side: int = 500, short_side: int = 375):
@@ -151,28 +151,50 @@ def run(args):
     return {name: statistics.median(times) for name, times in per_image.items()}, per_image
 
 
-def demo_costs(rounds: int, batch_size: int = 64) -> dict:
-    """(method, crops) -> (loader CPU s / image, preprocessor CPU s / image), medians over
-    batches, for each method's demo config with its CPU MultiCrop and with device crops."""
+RECIPES = {'dino': 'dino/vit-s16_8xb64.py', 'dino_vmf': 'dino_vmf/vit-s16_8xb64.py',
+           'ibot': 'ibot/vit-s16_8xb64.py', 'ibot_vmf': 'ibot_vmf/vit-s16_8xb64.py',
+           'simdino': 'simdino/vit-s16_8xb64.py', 'simdinov2': 'simdinov2/vit-b16_8xb128.py'}
+
+
+def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
+    """(method, crops) -> (loader CPU s / image, data preprocessor CPU s / image), medians
+    over ``rounds`` batches, for each method's ImageNet recipe on the JPEGs (``demo``: its
+    Fashion-MNIST demo config, through ``SeededDataset``), with its CPU ``MultiCrop`` and
+    with the crops on the device (``use_device_crops``, the preprocessor run on this CPU)."""
     from mmengine.config import Config
+    from mmengine.dataset import Compose
     from mmpretrain.registry import DATASETS
 
-    from mmselfsup_vmf.datasets.transforms.device_multicrop import use_device_crops
+    from mmselfsup_vmf.datasets.transforms.device_multicrop import (find_multicrop,
+                                                                     use_device_crops)
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     init_default_scope('mmpretrain')
+    np.random.seed(0)
+    jpegs = jpeg_inputs()
     costs = {}
-    for method in METHODS:
+    for method, recipe in RECIPES.items():
         for crops in ('CPU MultiCrop', 'device crops'):
-            cfg = Config.fromfile(osp.join(ROOT, 'configs', method, 'demo_fashion-mnist.py'))
+            name = f'{method}/demo_fashion-mnist.py' if demo else recipe
+            cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+            transforms = find_multicrop(cfg.train_dataloader)[0]  # switched in place
             if crops == 'device crops':
                 use_device_crops(cfg, check_device=False)
-            dataset = DATASETS.build(cfg.train_dataloader.dataset)
+            if demo:
+                dataset = DATASETS.build(cfg.train_dataloader.dataset)
+            else:
+                pipeline = Compose([t for t in transforms if t['type'] != 'LoadImageFromFile'])
             preprocessor = MODELS.build(cfg.model.data_preprocessor)
             loader, model = [], []
             for r in range(rounds):
-                keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
                 start = time.process_time()
-                batch = default_collate([dataset[k] for k in keys])
+                if demo:
+                    keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
+                    batch = default_collate([dataset[k] for k in keys])
+                else:
+                    batch = default_collate([
+                        pipeline(dict(img=mmcv.imfrombytes(jpegs[(r + i) % len(jpegs)])))
+                        for i in range(batch_size)])
                 loader.append((time.process_time() - start) / batch_size)
                 start = time.process_time()
                 preprocessor(batch, True)
@@ -193,13 +215,17 @@ def main(argv=None):
     p.add_argument('--dinov2-root', default=os.environ.get('DINOV2_ROOT'),
                    help='checkout of facebookresearch/dinov2 (default: $DINOV2_ROOT)')
     p.add_argument('--out', help='write the figures as JSON here')
-    p.add_argument('--demo', action='store_true', help="measure the methods' demo configs")
+    p.add_argument('--methods', action='store_true',
+                   help="each method's ImageNet recipe, CPU MultiCrop vs device crops")
+    p.add_argument('--demo', action='store_true',
+                   help='with --methods: the Fashion-MNIST demo configs instead')
     args = p.parse_args(argv)
     load = os.getloadavg()
-    if args.demo:
-        costs = demo_costs(args.rounds)
-        print(f'# demo configs, batch 64, {args.rounds} batches, 1 thread, load average '
-              f'{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n')
+    if args.methods:
+        costs = method_costs(args.demo, args.rounds, 64 if args.demo else args.batch)
+        print(f'# {"demo" if args.demo else "ImageNet recipe"} configs, batch '
+              f'{64 if args.demo else args.batch}, {args.rounds} batches, 1 thread, load '
+              f'average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n')
         print('| method | crops | loader CPU ms / image | data preprocessor CPU ms / image |')
         print('|---|---|---|---|')
         for (method, crops), (loader, model) in costs.items():
