@@ -165,8 +165,7 @@ def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
     from mmengine.dataset import Compose
     from mmpretrain.registry import DATASETS
 
-    from mmselfsup_vmf.datasets.transforms.device_multicrop import (find_multicrop,
-                                                                     use_device_crops)
+    from mmselfsup_vmf.datasets.transforms.device_multicrop import find_multicrop, use_device_crops
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     init_default_scope('mmpretrain')

@@ -20,8 +20,9 @@ def load_bench():
 
 
 def test_inputs_are_imagenet_sized_jpegs():
-    from PIL import Image
     import io
+
+    from PIL import Image
     sizes = {Image.open(io.BytesIO(b)).size for b in load_bench().jpeg_inputs()}
     assert sizes == {(500, 375), (375, 500)}
 

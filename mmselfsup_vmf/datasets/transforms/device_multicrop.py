@@ -1,8 +1,8 @@
 """The loader side of multi-crop on the device: one resize, padding and a per-sample seed."""
 import numpy as np
-from mmengine.config import ConfigDict
 from mmcv.image import imresize
 from mmcv.transforms import BaseTransform
+from mmengine.config import ConfigDict
 from mmpretrain.registry import TRANSFORMS
 
 

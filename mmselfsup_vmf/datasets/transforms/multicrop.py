@@ -4,12 +4,15 @@ Each view is made with the PIL operations that facebookresearch/dino's
 ``DataAugmentationDINO`` (``main_dino.py`` @ 7c446df) reaches through torchvision: crop then
 bicubic resize, flip, ``ImageEnhance`` brightness / contrast / saturation blends, the HSV hue
 shift, the ``L`` grayscale, PIL's ``GaussianBlur`` and ``ImageOps.solarize``. Given the same
-random values the views are bit-identical to torchvision's (tests/datasets/test_multicrop.py).
-The speed comes from doing less around them: every random value of the 12 views is drawn in
-one vectorised call (:func:`~mmselfsup_vmf.models.utils.multicrop_params.draw_sample_params`,
-the draws the device path uses too), the hue shift is a lookup table, and the views leave as uint8 arrays (normalisation is the data preprocessor's, on the device).
+random values the views are bit-identical to torchvision's
+(tests/datasets/test_multicrop_laws.py). The speed comes from doing less around them: every
+random value of the 12 views is drawn in one vectorised call
+(:func:`~mmselfsup_vmf.models.utils.multicrop_params.draw_sample_params`, the draws of the
+device path too), the PIL calls are made directly (no torchvision dispatch, no torch RNG
+calls), DINOv2's kernel-9 blur is one OpenCV separable filter, and the views leave as uint8
+arrays (normalisation is the data preprocessor's, on the device).
 """
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import cv2
 import numpy as np
