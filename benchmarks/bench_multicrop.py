@@ -185,7 +185,7 @@ def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
                 pipeline = Compose([t for t in transforms if t['type'] != 'LoadImageFromFile'])
             preprocessor = MODELS.build(cfg.model.data_preprocessor)
             loader, model = [], []
-            for r in range(rounds):
+            for r in range(rounds + 1):  # round 0 warms up (first calls allocate)
                 start = time.process_time()
                 if demo:
                     keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
@@ -198,7 +198,8 @@ def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
                 start = time.process_time()
                 preprocessor(batch, True)
                 model.append((time.process_time() - start) / batch_size)
-            costs[(method, crops)] = (statistics.median(loader), statistics.median(model))
+            costs[(method, crops)] = (statistics.median(loader[1:]),
+                                      statistics.median(model[1:]))
     return costs
 
 
@@ -217,10 +218,10 @@ def main(argv=None):
     p.add_argument('--methods', action='store_true',
                    help="each method's ImageNet recipe, CPU MultiCrop vs device crops")
     p.add_argument('--demo', action='store_true',
-                   help='with --methods: the Fashion-MNIST demo configs instead')
+                   help='--methods on the Fashion-MNIST demo configs')
     args = p.parse_args(argv)
     load = os.getloadavg()
-    if args.methods:
+    if args.methods or args.demo:
         costs = method_costs(args.demo, args.rounds, 64 if args.demo else args.batch)
         print(f'# {"demo" if args.demo else "ImageNet recipe"} configs, batch '
               f'{64 if args.demo else args.batch}, {args.rounds} batches, 1 thread, load '
@@ -238,13 +239,17 @@ def main(argv=None):
     print(f'# 2 x 224 + 10 x 96 crops, {len(PHOTOS) * args.repeats} JPEGs x {args.rounds} '
           f'rounds, batch {args.batch}, 1 thread, load average {load[0]:.2f} {load[1]:.2f} '
           f'{load[2]:.2f}\n')
-    print('| pipeline | CPU ms / image | images / s per core | speed vs official |')
+    print('| pipeline | CPU ms / image | images / s per core | speed vs official: median '
+          '(range) of the rounds |')
     print('|---|---|---|---|')
     reference = {'MultiCrop, DINO laws': 'official DINO',
                  'MultiCrop, DINOv2 laws (kernel-9 blur)': 'official DINOv2'}
     for name, sec in medians.items():
-        ref = medians.get(reference.get(name))
-        ratio = f'{ref / sec:.2f}x' if ref else ''
+        ratio = ''
+        if reference.get(name) in rounds:  # paired: the same round's official time / ours
+            paired = [ref / t for ref, t in zip(rounds[reference[name]], rounds[name])]
+            ratio = (f'{statistics.median(paired):.2f}x ({min(paired):.2f}-'
+                     f'{max(paired):.2f})')
         print(f'| {name} | {1e3 * sec:.1f} | {1 / sec:.1f} | {ratio} |')
     if args.out:
         commits = {k: git_commit(v) for k, v in (('dino', args.dino_root),
