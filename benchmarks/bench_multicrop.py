@@ -172,7 +172,10 @@ def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
     np.random.seed(0)
     jpegs = jpeg_inputs()
     costs = {}
-    for method, recipe in RECIPES.items():
+    recipes = list(RECIPES.items())
+    # the first method is measured twice and the first pass dropped (overwritten): the first
+    # configuration measured in a process paid ~3 ms / image of one-off costs
+    for method, recipe in recipes[:1] + recipes:
         for crops in ('CPU MultiCrop', 'device crops'):
             name = f'{method}/demo_fashion-mnist.py' if demo else recipe
             cfg = Config.fromfile(osp.join(ROOT, 'configs', name))

@@ -5,7 +5,6 @@ with the masks of the masked methods; the switched DINO demo equals the hand-wri
 ``configs/dino/demo_fashion-mnist_device-crops.py``; tools/train.py applies the key from
 ``--cfg-options``; a missing kornia or accelerator is a one-line error, not a silent
 change of augmentation law."""
-import importlib.util
 import os.path as osp
 import sys
 
@@ -14,6 +13,7 @@ import torch
 from mmengine.config import Config
 from mmengine.device import get_device
 from mmengine.runner import Runner
+from testing_utils import load_tool
 from tiny_dino_cfg import ROOT, tiny_method_cfg
 
 from mmselfsup_vmf.datasets.transforms.device_multicrop import use_device_crops
@@ -89,10 +89,7 @@ def test_imagenet_recipes_switch_with_their_masks_and_384_px_inputs():
 
 
 def test_train_tool_applies_the_cfg_option():
-    spec = importlib.util.spec_from_file_location('train_tool',
-                                                  osp.join(ROOT, 'tools', 'train.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('tools/train.py', 'train_tool')
     config = osp.join(ROOT, 'configs', 'ibot', 'demo_fashion-mnist.py')
     args = tool.parse_args([config, '--cfg-options', 'device_crops=cpu'])
     cfg = tool.merge_args(Config.fromfile(config), args)
