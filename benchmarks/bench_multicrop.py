@@ -234,9 +234,10 @@ def main(argv=None):
         for (method, crops), (loader, model) in costs.items():
             print(f'| {method} | {crops} | {1e3 * loader:.2f} | {1e3 * model:.2f} |')
         if args.out:
+            per_image = {f'{m} / {c}': v for (m, c), v in costs.items()}
             with open(args.out, 'w') as f:
-                json.dump(dict(args=vars(args), loadavg=load, seconds_per_image={
-                    f'{m} / {c}': v for (m, c), v in costs.items()}), f, indent=1)
+                json.dump(dict(args=vars(args), loadavg=load, commit=git_commit(ROOT),
+                               seconds_per_image=per_image), f, indent=1)
         return costs
     medians, rounds = run(args)
     print(f'# 2 x 224 + 10 x 96 crops, {len(PHOTOS) * args.repeats} JPEGs x {args.rounds} '
@@ -258,9 +259,9 @@ def main(argv=None):
         commits = {k: git_commit(v) for k, v in (('dino', args.dino_root),
                                                  ('dinov2', args.dinov2_root)) if v}
         with open(args.out, 'w') as f:
-            json.dump(dict(args=vars(args), loadavg=load, median_seconds=medians,
-                           rounds=rounds, official_commits=commits, torch=torch.__version__,
-                           pillow=Image.__version__), f, indent=1)
+            json.dump(dict(args=vars(args), loadavg=load, commit=git_commit(ROOT),
+                           median_seconds=medians, rounds=rounds, official_commits=commits,
+                           torch=torch.__version__, pillow=Image.__version__), f, indent=1)
     return medians
 
 

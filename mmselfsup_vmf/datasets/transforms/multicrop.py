@@ -23,8 +23,8 @@ from PIL import Image, ImageFilter
 from mmselfsup_vmf.models.utils.multicrop_params import ViewLaw, draw_sample_params
 
 BLURS = ('pil', 'kernel9')
-RESAMPLE = dict(nearest=Image.NEAREST, bilinear=Image.BILINEAR, bicubic=Image.BICUBIC,
-                lanczos=Image.LANCZOS, box=Image.BOX, hamming=Image.HAMMING)
+RESAMPLE = {name: Image.Resampling[name.upper()]
+            for name in ('nearest', 'bilinear', 'bicubic', 'lanczos', 'box', 'hamming')}
 SOLARIZE_LUT = [i if i < 128 else 255 - i for i in range(256)] * 3  # ImageOps.solarize(128)
 
 
@@ -66,7 +66,7 @@ def blur_kernel9(img: Image.Image, sigma: float) -> Image.Image:
     taps /= taps.sum()
     out = cv2.sepFilter2D(np.asarray(img, dtype=np.float32), cv2.CV_32F, taps, taps,
                           borderType=cv2.BORDER_REFLECT_101)
-    return Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8), 'RGB')
+    return Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))
 
 
 def make_view(img: Image.Image, size: int, resample: int, blur: str, box, flip: bool,
@@ -79,7 +79,7 @@ def make_view(img: Image.Image, size: int, resample: int, blur: str, box, flip: 
     top, left, h, w = (int(v) for v in box)
     out = img.crop((left, top, left + w, top + h)).resize((size, size), resample)
     if flip:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for op in jitter_order:
         out = JITTERS[op](out, float(jitter_factors[op]))
     if grayscale:
