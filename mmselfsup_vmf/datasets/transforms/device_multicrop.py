@@ -123,3 +123,11 @@ def use_device_crops(cfg, check_device: bool = True):
     pre.update(crop, type=DEVICE_PREPROCESSORS[pre['type']])
     cfg.device_crops = mode  # the dumped config says the switch was applied
     return cfg
+
+
+def apply_device_crops_key(cfg):
+    """``use_device_crops(cfg)`` when ``cfg.device_crops`` is set (what the tools call after
+    merging ``--cfg-options``)."""
+    if cfg.get('device_crops'):
+        use_device_crops(cfg)
+    return cfg
