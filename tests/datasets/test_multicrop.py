@@ -1,5 +1,6 @@
-"""MultiCrop (mmpretrain MultiView with DINO's per-view pipelines): view counts and sizes
-from config, per-view augmentation settings, solarize only on the second global view."""
+"""MultiCrop: view counts, sizes and per-view settings from config, solarize only on the
+second global view, channel order and input checks (the laws and the bit-for-bit match with
+torchvision: test_multicrop_laws.py)."""
 import os.path as osp
 
 import numpy as np
@@ -100,3 +101,21 @@ def test_bad_settings_fail_clearly():
         build(local_scale=(0.5, 0.1))
 
 
+
+
+def test_channel_order_and_image_checks():
+    """'rgb' on an RGB image makes the channel-reversed views of 'bgr' on the BGR image
+    (the colour operations see the same colours); a 2-D image counts as grey."""
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    np.random.seed(0)
+    from_rgb = build(num_local=2, channel_order='rgb')(dict(img=rgb.copy()))['img']
+    np.random.seed(0)
+    from_bgr = build(num_local=2)(dict(img=rgb[..., ::-1].copy()))['img']
+    for a, b in zip(from_rgb, from_bgr):
+        np.testing.assert_array_equal(a, b[..., ::-1])
+    grey = build(num_local=0, global_size=8)(dict(img=rgb[..., 0].copy()))['img']
+    assert all(v.shape == (8, 8, 3) and (v == v[..., :1]).all() for v in grey)
+    with pytest.raises(ValueError, match=r'HxWx3 uint8 image, got shape \(40, 30, 4\)'):
+        build()(dict(img=np.zeros((40, 30, 4), np.uint8)))
+    with pytest.raises(ValueError, match='channel_order'):
+        build(channel_order='hsv')
