@@ -1,43 +1,47 @@
-"""Loader CPU-seconds per image of DINO's multi-crop: CPU pipelines vs multi-crop on the device.
+"""Loader CPU-seconds per image of multi-crop: this project's pipelines vs the official ones.
 
-Four measures at DINO's 2 x 224 + 10 x 96 crops (global scale (0.4, 1), local (0.05, 0.4)),
-on the same JPEG bytes, interleaved ``--rounds`` times in one process with one thread,
-``time.process_time`` per image (median over rounds):
+All pipelines make 2 x 224 + 10 x 96 crops (global scale (0.4, 1), local (0.05, 0.4)) of the
+same ImageNet-sized JPEGs (scikit-image's colour photos, resized and cropped to 500 x 375 or
+375 x 500, quality 90), in one process with one thread, interleaved ``--rounds`` times,
+``time.process_time`` per image (median over rounds). Each includes decoding and the
+``default_collate`` of its batch of tensors, as a dataloader worker does:
 
-1. ``MultiCrop`` (this project's CPU pipeline): mmcv decode, ``MultiCrop``, ``PackInputs``.
-2. DINO's torchvision pipeline: PIL decode + ``convert('RGB')`` (torchvision's ImageFolder
-   loader) and ``DataAugmentationDINO`` of facebookresearch/dino ``main_dino.py``
-   (re-expressed below with torchvision transforms: bicubic ``RandomResizedCrop``, flip,
-   ``ColorJitter(0.4, 0.4, 0.2, 0.1)`` p=0.8, grayscale p=0.2, PIL Gaussian blur p=1/0.1/0.5,
-   solarisation p=0.2 on the second global crop, ``ToTensor`` + ``Normalize``).
-3. The device path's loader part: mmcv decode, ``DeviceMultiCropInput(size)``, ``PackInputs``.
-4. The device path's device part: ``MultiCropDataPreprocessor`` on the collated batch, here
-   on this CPU (on a GPU it leaves the loader cores entirely).
+* ``MultiCrop`` (DINO's laws, and ``blur='kernel9'`` for DINOv2's): mmcv decode (the
+  configs' ``LoadImageFromFile``), ``MultiCrop``, ``PackInputs`` (uint8 tensors out;
+  normalisation is the data preprocessor's, on the device).
+* the official pipelines, imported at run time from checkouts given by ``--dino-root``
+  (facebookresearch/dino: ``main_dino.DataAugmentationDINO``) and ``--dinov2-root``
+  (facebookresearch/dinov2: ``dinov2.data.augmentations.DataAugmentationDINO``), with
+  torchvision's ImageFolder loading (PIL decode + ``convert('RGB')``); float tensors out.
+* the device path's loader part (decode + ``DeviceMultiCropInput(--resize)``) and its device
+  part (``MultiCropDataPreprocessor`` on the batch, here on this CPU).
 
-Each loader measure includes ``default_collate`` of its batch, as a dataloader worker does.
-Inputs: scikit-image's bundled colour photos, shrunk to at most 500 px (ImageNet-like) and
-JPEG-encoded (quality 90).
+    git clone https://github.com/facebookresearch/dino /tmp/dino
+    git clone https://github.com/facebookresearch/dinov2 /tmp/dinov2
+    python benchmarks/bench_multicrop.py --dino-root /tmp/dino --dinov2-root /tmp/dinov2 \\
+        [--rounds 5] [--repeats 4] [--batch 16] [--out results.json]
 
-    python benchmarks/bench_multicrop.py [--rounds 3] [--repeats 4] [--batch 16]
+``--methods`` instead measures each method's ImageNet recipe (``--demo``: its Fashion-MNIST
+demo config) with its CPU ``MultiCrop`` and with the crops on the device
+(``use_device_crops``): per image, the loader's CPU time (decode or ``SeededDataset``,
+pipeline, collate) and the data preprocessor's (on this CPU; masks included).
 
-``--demo`` instead measures the two DINO demo configs (``configs/dino/demo_fashion-mnist.py``
-and ``..._device-crops.py``): per batch of 64, the loader's CPU time (``SeededDataset`` +
-pipeline + collate) and the data preprocessor's, in the training process.
-
-    python benchmarks/bench_multicrop.py --demo [--rounds 5]
+    python benchmarks/bench_multicrop.py --methods [--demo] [--rounds 5]
 """
 import argparse
+import importlib
 import io
 import json
 import os
 import os.path as osp
-import random
 import statistics
+import subprocess
 import sys
 import time
 
 os.environ.setdefault('OMP_NUM_THREADS', '1')
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import cv2  # noqa: E402
 import mmcv  # noqa: E402
@@ -46,8 +50,7 @@ import torch  # noqa: E402
 from mmengine.dataset import default_collate  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmpretrain.registry import MODELS, TRANSFORMS  # noqa: E402
-from PIL import Image, ImageFilter, ImageOps  # noqa: E402
-from torchvision import transforms as T  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import mmselfsup_vmf  # noqa: E402,F401
 
@@ -57,80 +60,76 @@ GLOBAL_SCALE, LOCAL_SCALE = (0.4, 1.0), (0.05, 0.4)
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
-def jpeg_inputs(max_side: int = 500):
+def jpeg_inputs(long_side: int = 500, short_side: int = 375):
+    """The photos as ImageNet-sized JPEG bytes, alternately landscape and portrait."""
     from skimage import data
     out = []
-    for name in PHOTOS:
+    for k, name in enumerate(PHOTOS):
         img = Image.fromarray(getattr(data, name)()).convert('RGB')
-        img.thumbnail((max_side, max_side), Image.BICUBIC)
+        size = (long_side, short_side) if k % 2 == 0 else (short_side, long_side)
+        s = max(size[0] / img.width, size[1] / img.height)
+        img = img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
+        left, top = (img.width - size[0]) // 2, (img.height - size[1]) // 2
+        img = img.crop((left, top, left + size[0], top + size[1]))
         buf = io.BytesIO()
         img.save(buf, format='JPEG', quality=90)
         out.append(buf.getvalue())
     return out
 
 
-class RandomPILBlur:
-    """PIL GaussianBlur with radius ~ U[0.1, 2], applied with probability ``p``."""
-
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, img):
-        if random.random() > self.p:
-            return img
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+def git_commit(path: str) -> str:
+    try:
+        return subprocess.run(['git', '-C', path, 'rev-parse', 'HEAD'], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown (not a git checkout)'
 
 
-class RandomSolarize:
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, img):
-        return ImageOps.solarize(img) if random.random() < self.p else img
-
-
-def dino_torchvision_views(num_local: int = 10):
-    """DINO's DataAugmentationDINO, written with torchvision transforms: image -> views."""
-    colour = T.Compose([T.RandomHorizontalFlip(0.5),
-                        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                        T.RandomGrayscale(0.2)])
-    to_tensor = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406),
-                                                     (0.229, 0.224, 0.225))])
-    bicubic = T.InterpolationMode.BICUBIC
-    first = T.Compose([T.RandomResizedCrop(224, GLOBAL_SCALE, interpolation=bicubic), colour,
-                       RandomPILBlur(1.0), to_tensor])
-    second = T.Compose([T.RandomResizedCrop(224, GLOBAL_SCALE, interpolation=bicubic), colour,
-                        RandomPILBlur(0.1), RandomSolarize(0.2), to_tensor])
-    local = T.Compose([T.RandomResizedCrop(96, LOCAL_SCALE, interpolation=bicubic), colour,
-                       RandomPILBlur(0.5), to_tensor])
-    return lambda img: [first(img), second(img)] + [local(img) for _ in range(num_local)]
+def official_pipeline(root: str, module: str):
+    """``DataAugmentationDINO`` of the checkout at ``root`` (imported from there)."""
+    if not osp.isdir(root):
+        raise SystemExit(f'official checkout not found: {root} (git clone it first)')
+    sys.path.insert(0, root)
+    return importlib.import_module(module).DataAugmentationDINO
 
 
-def build_loaders(resize: int):
-    """name -> function(jpeg bytes) -> one loader sample."""
-    multicrop = TRANSFORMS.build(dict(type='MultiCrop', num_global=2, num_local=10,
-                                      global_scale=GLOBAL_SCALE, local_scale=LOCAL_SCALE))
+def build_loaders(args) -> dict:
+    """name -> function(jpeg bytes) -> one loader sample (tensors)."""
     pack = TRANSFORMS.build(dict(type='PackInputs'))
-    device_input = TRANSFORMS.build(dict(type='DeviceMultiCropInput', size=resize))
+    crops = dict(num_global=2, num_local=10, global_scale=GLOBAL_SCALE, local_scale=LOCAL_SCALE)
+    dino = TRANSFORMS.build(dict(type='MultiCrop', **crops))
+    dinov2 = TRANSFORMS.build(dict(type='MultiCrop', blur='kernel9', **crops))
+    loaders = {'MultiCrop, DINO laws': lambda b: pack(dino(dict(img=mmcv.imfrombytes(b))))}
+    if args.dino_root:
+        official = official_pipeline(args.dino_root, 'main_dino')(GLOBAL_SCALE, LOCAL_SCALE, 10)
+        loaders['official DINO'] = lambda b: official(Image.open(io.BytesIO(b)).convert('RGB'))
+    loaders['MultiCrop, DINOv2 laws (kernel-9 blur)'] = \
+        lambda b: pack(dinov2(dict(img=mmcv.imfrombytes(b))))
+    if args.dinov2_root:
+        official_v2 = official_pipeline(args.dinov2_root, 'dinov2.data.augmentations')(
+            GLOBAL_SCALE, LOCAL_SCALE, 10, 224, 96)
+
+        def dinov2_views(b):
+            out = official_v2(Image.open(io.BytesIO(b)).convert('RGB'))
+            return out['global_crops'] + out['local_crops']
+        loaders['official DINOv2'] = dinov2_views
+    device_input = TRANSFORMS.build(dict(type='DeviceMultiCropInput', size=args.resize))
     pack_device = TRANSFORMS.build(dict(type='PackInputs', meta_keys=('img_shape', 'aug_seed')))
-    dino = dino_torchvision_views()
-    return {
-        'MultiCrop (CPU)': lambda b: pack(multicrop(dict(img=mmcv.imfrombytes(b)))),
-        'DINO torchvision (CPU)': lambda b: dino(Image.open(io.BytesIO(b)).convert('RGB')),
-        'device path: loader part': lambda b: pack_device(device_input(
-            dict(img=mmcv.imfrombytes(b)))),
-    }
+    loaders['device path: loader part'] = \
+        lambda b: pack_device(device_input(dict(img=mmcv.imfrombytes(b))))
+    return loaders
 
 
 def run(args):
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     init_default_scope('mmpretrain')
-    random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    import random
+    random.seed(0)
     jpegs = jpeg_inputs() * args.repeats
-    loaders = build_loaders(args.resize)
+    loaders = build_loaders(args)
     preprocessor = MODELS.build(dict(
         type='MultiCropDataPreprocessor', num_global=2, num_local=10, global_scale=GLOBAL_SCALE,
         local_scale=LOCAL_SCALE, mean=MEAN, std=STD, to_rgb=True))
@@ -152,63 +151,117 @@ def run(args):
     return {name: statistics.median(times) for name, times in per_image.items()}, per_image
 
 
-def demo_costs(rounds: int) -> dict:
-    """config name -> (loader s / batch, preprocessor s / batch), medians over batches."""
+RECIPES = {'dino': 'dino/vit-s16_8xb64.py', 'dino_vmf': 'dino_vmf/vit-s16_8xb64.py',
+           'ibot': 'ibot/vit-s16_8xb64.py', 'ibot_vmf': 'ibot_vmf/vit-s16_8xb64.py',
+           'simdino': 'simdino/vit-s16_8xb64.py', 'simdinov2': 'simdinov2/vit-b16_8xb128.py'}
+
+
+def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
+    """(method, crops) -> (loader CPU s / image, data preprocessor CPU s / image), medians
+    over ``rounds`` batches, for each method's ImageNet recipe on the JPEGs (``demo``: its
+    Fashion-MNIST demo config, through ``SeededDataset``), with its CPU ``MultiCrop`` and
+    with the crops on the device (``use_device_crops``, the preprocessor run on this CPU)."""
     from mmengine.config import Config
+    from mmengine.dataset import Compose
     from mmpretrain.registry import DATASETS
+
+    from mmselfsup_vmf.datasets.transforms.device_multicrop import find_multicrop, use_device_crops
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     init_default_scope('mmpretrain')
-    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    np.random.seed(0)
+    jpegs = jpeg_inputs()
     costs = {}
-    for name in ('demo_fashion-mnist.py', 'demo_fashion-mnist_device-crops.py'):
-        cfg = Config.fromfile(osp.join(root, 'configs', 'dino', name))
-        dataset = DATASETS.build(cfg.train_dataloader.dataset)
-        preprocessor = MODELS.build(cfg.model.data_preprocessor)
-        batch_size = cfg.train_dataloader.batch_size
-        loader, model = [], []
-        for r in range(rounds):
-            start = time.process_time()
-            keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
-            batch = default_collate([dataset[k] for k in keys])
-            loader.append(time.process_time() - start)
-            start = time.process_time()
-            preprocessor(batch, True)
-            model.append(time.process_time() - start)
-        costs[name] = (statistics.median(loader), statistics.median(model))
+    recipes = list(RECIPES.items())
+    # the first method is measured twice and the first pass dropped (overwritten): the first
+    # configuration measured in a process paid ~3 ms / image of one-off costs
+    for method, recipe in recipes[:1] + recipes:
+        for crops in ('CPU MultiCrop', 'device crops'):
+            name = f'{method}/demo_fashion-mnist.py' if demo else recipe
+            cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+            transforms = find_multicrop(cfg.train_dataloader)[0]  # switched in place
+            if crops == 'device crops':
+                use_device_crops(cfg, check_device=False)
+            if demo:
+                dataset = DATASETS.build(cfg.train_dataloader.dataset)
+            else:
+                pipeline = Compose([t for t in transforms if t['type'] != 'LoadImageFromFile'])
+            preprocessor = MODELS.build(cfg.model.data_preprocessor)
+            loader, model = [], []
+            for r in range(rounds + 1):  # round 0 warms up (first calls allocate)
+                start = time.process_time()
+                if demo:
+                    keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
+                    batch = default_collate([dataset[k] for k in keys])
+                else:
+                    batch = default_collate([
+                        pipeline(dict(img=mmcv.imfrombytes(jpegs[(r + i) % len(jpegs)])))
+                        for i in range(batch_size)])
+                loader.append((time.process_time() - start) / batch_size)
+                start = time.process_time()
+                preprocessor(batch, True)
+                model.append((time.process_time() - start) / batch_size)
+            costs[(method, crops)] = (statistics.median(loader[1:]),
+                                      statistics.median(model[1:]))
     return costs
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--rounds', type=int, default=3, help='interleaved rounds (median taken)')
+    p.add_argument('--rounds', type=int, default=5, help='interleaved rounds (median taken)')
     p.add_argument('--repeats', type=int, default=4,
                    help=f'passes over the {len(PHOTOS)} photos per round')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--resize', type=int, default=384, help='DeviceMultiCropInput size')
+    p.add_argument('--dino-root', default=os.environ.get('DINO_ROOT'),
+                   help='checkout of facebookresearch/dino (default: $DINO_ROOT)')
+    p.add_argument('--dinov2-root', default=os.environ.get('DINOV2_ROOT'),
+                   help='checkout of facebookresearch/dinov2 (default: $DINOV2_ROOT)')
     p.add_argument('--out', help='write the figures as JSON here')
-    p.add_argument('--demo', action='store_true', help='measure the DINO demo configs instead')
+    p.add_argument('--methods', action='store_true',
+                   help="each method's ImageNet recipe, CPU MultiCrop vs device crops")
+    p.add_argument('--demo', action='store_true',
+                   help='--methods on the Fashion-MNIST demo configs')
     args = p.parse_args(argv)
-    if args.demo:
-        print('| demo config | loader CPU ms / batch | data preprocessor CPU ms / batch |')
-        print('|---|---|---|')
-        costs = demo_costs(args.rounds)
-        for name, (loader, model) in costs.items():
-            print(f'| {name} | {1e3 * loader:.1f} | {1e3 * model:.1f} |')
+    load = os.getloadavg()
+    if args.methods or args.demo:
+        costs = method_costs(args.demo, args.rounds, 64 if args.demo else args.batch)
+        print(f'# {"demo" if args.demo else "ImageNet recipe"} configs, batch '
+              f'{64 if args.demo else args.batch}, {args.rounds} batches, 1 thread, load '
+              f'average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n')
+        print('| method | crops | loader CPU ms / image | data preprocessor CPU ms / image |')
+        print('|---|---|---|---|')
+        for (method, crops), (loader, model) in costs.items():
+            print(f'| {method} | {crops} | {1e3 * loader:.2f} | {1e3 * model:.2f} |')
+        if args.out:
+            per_image = {f'{m} / {c}': v for (m, c), v in costs.items()}
+            with open(args.out, 'w') as f:
+                json.dump(dict(args=vars(args), loadavg=load, commit=git_commit(ROOT),
+                               seconds_per_image=per_image), f, indent=1)
         return costs
     medians, rounds = run(args)
-    reference = medians['MultiCrop (CPU)']
-    load = os.getloadavg()
     print(f'# 2 x 224 + 10 x 96 crops, {len(PHOTOS) * args.repeats} JPEGs x {args.rounds} '
           f'rounds, batch {args.batch}, 1 thread, load average {load[0]:.2f} {load[1]:.2f} '
           f'{load[2]:.2f}\n')
-    print('| pipeline | CPU ms / image | images / s per core | MultiCrop CPU-s / this |')
+    print('| pipeline | CPU ms / image | images / s per core | speed vs official: median '
+          '(range) of the rounds |')
     print('|---|---|---|---|')
+    reference = {'MultiCrop, DINO laws': 'official DINO',
+                 'MultiCrop, DINOv2 laws (kernel-9 blur)': 'official DINOv2'}
     for name, sec in medians.items():
-        print(f'| {name} | {1e3 * sec:.1f} | {1 / sec:.1f} | {reference / sec:.1f}x |')
+        ratio = ''
+        if reference.get(name) in rounds:  # paired: the same round's official time / ours
+            paired = [ref / t for ref, t in zip(rounds[reference[name]], rounds[name])]
+            ratio = (f'{statistics.median(paired):.2f}x ({min(paired):.2f}-'
+                     f'{max(paired):.2f})')
+        print(f'| {name} | {1e3 * sec:.1f} | {1 / sec:.1f} | {ratio} |')
     if args.out:
+        commits = {k: git_commit(v) for k, v in (('dino', args.dino_root),
+                                                 ('dinov2', args.dinov2_root)) if v}
         with open(args.out, 'w') as f:
-            json.dump(dict(args=vars(args), loadavg=load, median_seconds=medians,
-                           rounds=rounds, torch=torch.__version__), f, indent=1)
+            json.dump(dict(args=vars(args), loadavg=load, commit=git_commit(ROOT),
+                           median_seconds=medians, rounds=rounds, official_commits=commits,
+                           torch=torch.__version__, pillow=Image.__version__), f, indent=1)
     return medians
 
 

@@ -67,3 +67,23 @@ def assert_bitwise_equal(a, b, path='state'):
         assert_bitwise_equal(vars(a), vars(b), path)
     else:
         assert a == b, f'{path}: {a!r} != {b!r}'
+
+
+def assert_crop_law(dx, dy, coords, size, scale, p_min=1e-3):
+    """Views of a coordinate ramp ``coords`` (value 4 x position) made by bilinear random
+    resized crops to ``size`` px: the slopes ``dx``, ``dy`` (intensity per output pixel over
+    the middle half) give each crop's width (sign: flip) and height; their area and aspect
+    must follow mmpretrain's ``RandomResizedCrop`` (KS) and the flips p 0.5 (binomial)."""
+    import numpy as np
+    from mmpretrain.datasets.transforms import RandomResizedCrop
+    from scipy import stats
+    dx, dy = np.asarray(dx, dtype=np.float64), np.asarray(dy, dtype=np.float64)
+    w, h = np.abs(dx).round(), dy.round()
+    side = coords.shape[0]
+    np.random.seed(0)
+    ref = RandomResizedCrop(scale=size, crop_ratio_range=scale)
+    boxes = np.array([ref.rand_crop_params(coords)[2:] for _ in range(4000)])
+    ks_area = stats.ks_2samp(w * h / side**2, boxes[:, 0] * boxes[:, 1] / side**2)
+    ks_aspect = stats.ks_2samp(np.log(w / h), np.log(boxes[:, 1] / boxes[:, 0]))
+    assert ks_area.pvalue > p_min and ks_aspect.pvalue > p_min, (ks_area, ks_aspect)
+    assert stats.binomtest(int((dx < 0).sum()), len(dx), 0.5).pvalue > p_min

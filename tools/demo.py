@@ -19,6 +19,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmselfsup_vmf  # noqa: E402,F401
+from mmselfsup_vmf.datasets.transforms import apply_device_crops_key  # noqa: E402
 from mmselfsup_vmf.engine.hooks.knn_hook import KNNHook  # noqa: E402
 from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     cfg = Config.fromfile(config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_device_crops_key(cfg)  # --cfg-options device_crops=True: crops on the GPU
     if args.knn_split == 'full':
         use_full_knn_split(cfg)
     print(set_torch_threads(args.threads, cfg.train_dataloader.get('num_workers', 0))[1],

@@ -9,6 +9,7 @@ from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mmselfsup_vmf  # noqa: E402,F401  (shims + registration even without custom_imports)
+from mmselfsup_vmf.datasets.transforms import apply_device_crops_key  # noqa: E402
 from mmselfsup_vmf.engine.launch import prepare_distributed  # noqa: E402
 from mmselfsup_vmf.engine.short_run import shorten_run  # noqa: E402
 from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
@@ -56,6 +57,7 @@ def merge_args(cfg: Config, args) -> Config:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
+    apply_device_crops_key(cfg)  # --cfg-options device_crops=True: crops on the GPU
     if args.epochs is not None or args.epoch_iters is not None:
         shorten_run(cfg, args.epochs, args.epoch_iters)  # after --cfg-options: a new base
     if args.work_dir is not None:

@@ -1,5 +1,6 @@
-"""MultiCrop (mmpretrain MultiView with DINO's per-view pipelines): view counts and sizes
-from config, per-view augmentation settings, solarize only on the second global view."""
+"""MultiCrop: view counts, sizes and per-view settings from config, solarize only on the
+second global view, channel order and input checks (the laws and the bit-for-bit match with
+torchvision: test_multicrop_laws.py)."""
 import os.path as osp
 
 import numpy as np
@@ -24,40 +25,13 @@ def build(**kwargs):
     return TRANSFORMS.build(dict(type='MultiCrop', **kwargs))
 
 
-def settings(pipeline):
-    """{transform type: its config-relevant attributes} of one view's Compose."""
-    out = {}
-    for t in pipeline.transforms:
-        name = type(t).__name__
-        if name == 'RandomResizedCrop':
-            out[name] = (t.scale, tuple(t.crop_ratio_range))
-        elif name == 'RandomApply':
-            inner = t.transforms.transforms[0]
-            out['ColorJitter'] = (t.prob, type(inner).__name__)
-        elif name in ('GaussianBlur', 'Solarize', 'RandomGrayscale'):
-            out[name] = t.prob
-        elif name == 'RandomFlip':
-            out[name] = t.prob
-    return out
-
-
 def test_default_views_follow_dino():
     mc = build()
-    assert mc.num_views == [1, 1, 10] and len(mc.transforms) == 12
-    first, second, local = (settings(p) for p in mc.pipelines)
-    assert first['RandomResizedCrop'] == ((224, 224), (0.4, 1.0))
-    assert second['RandomResizedCrop'] == ((224, 224), (0.4, 1.0))
-    assert local['RandomResizedCrop'] == ((96, 96), (0.05, 0.4))
-    # blur 1.0 / 0.1 / 0.5; solarize 0.2 on the second global view only
-    assert (first['GaussianBlur'], second['GaussianBlur'], local['GaussianBlur']) == \
-        (1.0, 0.1, 0.5)
-    assert (first['Solarize'], second['Solarize'], local['Solarize']) == (0.0, 0.2, 0.0)
-    for s in (first, second, local):
-        assert s['ColorJitter'] == (0.8, 'ColorJitter')
-        assert s['RandomGrayscale'] == 0.2 and s['RandomFlip'] == 0.5
-    jitter = mc.pipelines[0].transforms[2].transforms.transforms[0]
-    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == \
-        ((0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1))
+    assert [(law.size, law.scale, law.blur_prob, law.solarize_prob) for law in mc.laws] == \
+        [(224, (0.4, 1.0), 1.0, 0.0), (224, (0.4, 1.0), 0.1, 0.2)] + \
+        [(96, (0.05, 0.4), 0.5, 0.0)] * 10
+    assert mc.color_jitter == (0.4, 0.4, 0.2, 0.1) and mc.color_jitter_prob == 0.8
+    assert (mc.grayscale_prob, mc.flip_prob, mc.blur) == (0.2, 0.5, 'pil')
 
 
 def test_solarize_applies_only_to_the_second_global_view():
@@ -127,39 +101,21 @@ def test_bad_settings_fail_clearly():
         build(local_scale=(0.5, 0.1))
 
 
-def gaussian_blur_by_hand(img, sigma):
-    """torchvision's GaussianBlur(kernel_size=9) of an (H, W, C) uint8 array in float64:
-    separable kernel exp(-x^2 / (2 sigma^2)) on x = -4..4, normalised, reflect padding."""
-    x = np.arange(-4, 5, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-    padded = np.pad(img.astype(np.float64), ((4, 4), (4, 4), (0, 0)), mode='reflect')
-    rows = sum(kernel[i] * padded[i:i + img.shape[0]] for i in range(9))
-    return sum(kernel[i] * rows[:, i:i + img.shape[1]] for i in range(9))
 
 
-def test_kernel9_blur_is_torchvisions_dinov2_blur():
-    from mmselfsup_vmf.datasets.transforms.multicrop import blur_transform
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-    blur = TRANSFORMS.build(blur_transform('kernel9', 1.0))
-    torch.manual_seed(1)  # sigma = 1.54
-    out = blur(dict(img=img.copy()))['img']
-    torch.manual_seed(1)
-    sigma = torch.empty(1).uniform_(0.1, 2.0).item()  # how torchvision draws sigma
-    expected = gaussian_blur_by_hand(img, sigma)
-    assert out.shape == img.shape and out.dtype == np.uint8
-    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0  # uint8 rounding
-    assert np.abs(out.astype(np.float64) - img).mean() > 5  # it really blurred
-    # applied with the given probability (binomial: 400 draws, p = 0.3, 4 sigma)
-    blur = TRANSFORMS.build(blur_transform('kernel9', 0.3))
+def test_channel_order_and_image_checks():
+    """'rgb' on an RGB image makes the channel-reversed views of 'bgr' on the BGR image
+    (the colour operations see the same colours); a 2-D image counts as grey."""
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
     np.random.seed(0)
-    changed = [not np.array_equal(blur(dict(img=img.copy()))['img'], img) for _ in range(400)]
-    assert abs(np.mean(changed) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 400)
-    # and it is what MultiCrop(blur='kernel9') puts in every view
-    mc = build(num_global=2, num_local=1, blur='kernel9')
-    for view in mc.pipelines:
-        names = [type(t).__name__ for t in view.transforms]
-        assert 'GaussianBlur' not in names and names.count('RandomApply') == 2
-    with pytest.raises(ValueError, match='blur'):
-        build(blur='box')
+    from_rgb = build(num_local=2, channel_order='rgb')(dict(img=rgb.copy()))['img']
+    np.random.seed(0)
+    from_bgr = build(num_local=2)(dict(img=rgb[..., ::-1].copy()))['img']
+    for a, b in zip(from_rgb, from_bgr):
+        np.testing.assert_array_equal(a, b[..., ::-1])
+    grey = build(num_local=0, global_size=8)(dict(img=rgb[..., 0].copy()))['img']
+    assert all(v.shape == (8, 8, 3) and (v == v[..., :1]).all() for v in grey)
+    with pytest.raises(ValueError, match=r'HxWx3 uint8 image, got shape \(40, 30, 4\)'):
+        build()(dict(img=np.zeros((40, 30, 4), np.uint8)))
+    with pytest.raises(ValueError, match='channel_order'):
+        build(channel_order='hsv')

@@ -6,6 +6,9 @@ image_size = 28
 data_preprocessor = dict(
     type='SelfSupDataPreprocessor', mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0],
     to_rgb=False)
+# device_crops=True or 'cpu' moves MultiCrop onto the data preprocessor (docs/speed.md)
+device_crops = False
+device_crops_size = image_size
 train_pipeline = [
     dict(type='MultiCrop', num_global=2, num_local=2, global_size=image_size, local_size=14,
          global_scale=(0.4, 1.0), local_scale=(0.1, 0.4), global_blur_probs=(0.5, 0.1),

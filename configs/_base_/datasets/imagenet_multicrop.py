@@ -6,6 +6,10 @@ data_preprocessor = dict(
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     to_rgb=True)
+# device_crops=True (e.g. --cfg-options device_crops=True) moves MultiCrop onto the data
+# preprocessor's GPU, the loader fitting each image into device_crops_size px (docs/speed.md)
+device_crops = False
+device_crops_size = 384
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='MultiCrop', num_global=2, num_local=10, global_size=224, local_size=96,

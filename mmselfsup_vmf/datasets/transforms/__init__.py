@@ -1,2 +1,4 @@
-from .device_multicrop import DeviceMultiCropInput  # noqa: F401
-from .multicrop import MultiCrop, dino_view_pipeline  # noqa: F401
+from .device_multicrop import DeviceMultiCropInput, apply_device_crops_key, use_device_crops
+from .multicrop import MultiCrop
+
+__all__ = ['DeviceMultiCropInput', 'MultiCrop', 'apply_device_crops_key', 'use_device_crops']

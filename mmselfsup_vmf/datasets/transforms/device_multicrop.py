@@ -2,6 +2,7 @@
 import numpy as np
 from mmcv.image import imresize
 from mmcv.transforms import BaseTransform
+from mmengine.config import ConfigDict
 from mmpretrain.registry import TRANSFORMS
 
 
@@ -48,3 +49,85 @@ class DeviceMultiCropInput(BaseTransform):
         results['img_shape'] = (new_h, new_w)
         results['aug_seed'] = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
         return results
+
+
+# the data preprocessor of each method's CPU recipe -> the one that makes the crops on its
+# device (masks included: MaskedMultiCropDataPreprocessor draws them as its parent does)
+DEVICE_PREPROCESSORS = {'SelfSupDataPreprocessor': 'MultiCropDataPreprocessor',
+                        'MaskedSelfSupDataPreprocessor': 'MaskedMultiCropDataPreprocessor'}
+DEVICE_CROPS_VALUES = (True, 'cpu')
+
+
+def find_multicrop(node, path='train_dataloader'):
+    """(the pipeline list holding ``MultiCrop``, its config path) in a dataloader config,
+    looking through dataset wrappers (``dataset=``)."""
+    pipeline = node.get('pipeline') if isinstance(node, dict) else None
+    if pipeline and any(t.get('type') == 'MultiCrop' for t in pipeline):
+        return pipeline, f'{path}.pipeline'
+    if isinstance(node, dict) and isinstance(node.get('dataset'), dict):
+        return find_multicrop(node['dataset'], f'{path}.dataset')
+    raise ValueError(f'device_crops: no MultiCrop transform in the pipeline of {path} '
+                     '(the switch moves MultiCrop onto the data preprocessor)')
+
+
+def use_device_crops(cfg, check_device: bool = True):
+    """Moves a config's ``MultiCrop`` onto its data preprocessor's device, in place.
+
+    The pipeline's ``MultiCrop(**kw)`` becomes ``DeviceMultiCropInput(size)`` (``size`` =
+    ``cfg.device_crops_size``, set by the dataset bases) and its ``PackInputs`` also packs
+    ``img_shape`` and ``aug_seed``; ``model.data_preprocessor`` becomes
+    ``MultiCropDataPreprocessor(**kw, ...)`` (``MaskedMultiCropDataPreprocessor`` for the
+    masked methods), keeping its own arguments (mean, std, to_rgb, masks). Same laws, same
+    arguments: only where the crops are made changes.
+
+    ``cfg.device_crops``: ``True`` requires an accelerator (the crops would otherwise run in
+    the training process on the CPU, slower than in the loader workers); ``'cpu'`` allows
+    the CPU (tests, debugging); unset or False counts as ``True`` here. ``check_device=False``
+    skips that check.
+    """
+    mode = cfg.get('device_crops') or True  # called explicitly: the switch is on
+    if mode not in DEVICE_CROPS_VALUES:
+        raise ValueError(f'device_crops must be one of {DEVICE_CROPS_VALUES} (or False), got '
+                         f'{mode!r}')
+    try:
+        import kornia  # noqa: F401
+    except ImportError as exc:
+        raise ImportError('device_crops needs kornia for the crops on the device: pip install '
+                          '"mmselfsup_vmf[device-aug]" (or drop device_crops to keep the CPU '
+                          'MultiCrop)') from exc
+    if check_device and mode is True:
+        from mmengine.device import get_device
+        if get_device() == 'cpu':
+            raise RuntimeError("device_crops=True needs a GPU (or another accelerator), found "
+                               "none; set device_crops='cpu' to make the crops on the CPU in "
+                               'the training process, or drop device_crops')
+    size = cfg.get('device_crops_size')
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError('device_crops needs device_crops_size (the side the loader fits each '
+                         f'image into, e.g. 384 for ImageNet) as a positive int, got {size!r}')
+    pipeline, where = find_multicrop(cfg.train_dataloader)
+    at = next(i for i, t in enumerate(pipeline) if t.get('type') == 'MultiCrop')
+    rest = pipeline[at + 1:]
+    if [t.get('type') for t in rest] != ['PackInputs']:
+        raise ValueError(f'device_crops: {where} must end with MultiCrop, PackInputs; got '
+                         f'{[t.get("type") for t in pipeline]}')
+    crop = {k: v for k, v in pipeline[at].items() if k not in ('type', 'channel_order')}
+    pack = dict(rest[0])
+    keys = tuple(pack.get('meta_keys', ()))
+    pack['meta_keys'] = keys + tuple(k for k in ('img_shape', 'aug_seed') if k not in keys)
+    pipeline[at:] = [ConfigDict(type='DeviceMultiCropInput', size=size), ConfigDict(pack)]
+    pre = cfg.model.data_preprocessor
+    if pre.get('type') not in DEVICE_PREPROCESSORS:
+        raise ValueError(f'device_crops: model.data_preprocessor type {pre.get("type")!r} has '
+                         f'no device counterpart (known: {tuple(DEVICE_PREPROCESSORS)})')
+    pre.update(crop, type=DEVICE_PREPROCESSORS[pre['type']])
+    cfg.device_crops = mode  # the dumped config says the switch was applied
+    return cfg
+
+
+def apply_device_crops_key(cfg):
+    """``use_device_crops(cfg)`` when ``cfg.device_crops`` is set (what the tools call after
+    merging ``--cfg-options``)."""
+    if cfg.get('device_crops'):
+        use_device_crops(cfg)
+    return cfg

@@ -12,11 +12,11 @@ import colorsys
 import numpy as np
 import pytest
 import torch
-from mmpretrain.datasets.transforms import RandomResizedCrop
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from PIL import Image, ImageOps
 from scipy import stats
+from testing_utils import assert_crop_law
 
 P_MIN = 1e-3  # fixed seeds: a p-value below this means the law is wrong
 
@@ -61,15 +61,7 @@ def test_crop_area_aspect_and_flip_match_the_cpu_crop():
         # bilinear resampling reproduces a linear ramp: the slope gives the crop size
         dx = (view[:, 0, o // 2, j] - view[:, 0, o // 2, i]) / 4 / ((j - i) / o)
         dy = (view[:, 1, j, o // 2] - view[:, 1, i, o // 2]) / 4 / ((j - i) / o)
-        flipped = (dx < 0).numpy()
-        w, h = dx.abs().round().numpy(), dy.round().numpy()
-        np.random.seed(0)
-        ref = RandomResizedCrop(scale=o, crop_ratio_range=scale)
-        boxes = np.array([ref.rand_crop_params(coords)[2:] for _ in range(4000)])
-        ks_area = stats.ks_2samp(w * h / side**2, boxes[:, 0] * boxes[:, 1] / side**2)
-        ks_aspect = stats.ks_2samp(np.log(w / h), np.log(boxes[:, 1] / boxes[:, 0]))
-        assert ks_area.pvalue > P_MIN and ks_aspect.pvalue > P_MIN, (ks_area, ks_aspect)
-        assert stats.binomtest(int(flipped.sum()), len(flipped), 0.5).pvalue > P_MIN
+        assert_crop_law(dx.numpy(), dy.numpy(), coords, o, scale)
 
 
 def test_crops_stay_inside_the_resized_image():
