@@ -169,7 +169,8 @@ class Recorder:
 
     def run(self, what, make_row):
         if self.over_budget():
-            self.add(dict(what, status='skipped', error=f'over --budget-min {self.args.budget_min}'))
+            self.add(dict(what, status='skipped',
+                          error=f'over --budget-min {self.args.budget_min}'))
             return None
         try:
             row = make_row()

@@ -220,23 +220,25 @@ def device_crop_row(paths, args, cores):
 # ----------------------------------------------------------------------------- DDP
 def _ddp_worker(rank, port, cfg_path, precision, args, out):
     import torch.distributed as dist
+    from bench_gpu import build, setting, staged_batch, sync
     from mmengine.model import MMDistributedDataParallel
-
-    from bench_gpu import build, setting, staged_batch, step
-    torch.cuda.set_device(rank)
-    dist.init_process_group('nccl', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=2)
+    cuda = args.device.startswith('cuda')
+    device = f'cuda:{rank}' if cuda else 'cpu'
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group('nccl' if cuda else 'gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2)
     model_cfg, wrapper_cfg, sizes, batch = setting(cfg_path, args.tiny, precision, None)
-    model, wrapper = build(model_cfg, wrapper_cfg, f'cuda:{rank}')
-    ddp = MMDistributedDataParallel(module=model, device_ids=[rank])
-    data = staged_batch(sizes, batch, f'cuda:{rank}', seed=rank)
+    model, wrapper = build(model_cfg, wrapper_cfg, device)
+    ddp = MMDistributedDataParallel(module=model, device_ids=[rank] if cuda else None)
+    data = staged_batch(sizes, batch, device, seed=rank)
     for i in range(args.warmup + args.iters):
         if i == args.warmup:
-            torch.cuda.synchronize()
+            sync(args.device)
             start = time.perf_counter()
         model.set_train_progress(epoch=1, iteration=i, max_iters=10 ** 6)
         ddp.train_step(dict(data), wrapper)
-    torch.cuda.synchronize()
+    sync(args.device)
     if rank == 0:
         out.put(((time.perf_counter() - start) / args.iters, batch))
     dist.destroy_process_group()

@@ -105,3 +105,13 @@ def test_a_compiled_step_is_warmed_up_until_nothing_compiles(tmp_path):
     assert row['status'] == 'ok' and row['compile'] == 'eager', row
     # the first step compiles; the warm-up ends at the first step that compiles nothing
     assert row['warmup_steps'] == 2, row
+
+
+@pytest.mark.slow
+def test_the_ddp_row_trains_two_processes(tmp_path):
+    """On a GPU machine the row uses NCCL and one GPU per process; here gloo on the CPU."""
+    from gpu_bench_parts import ddp_row
+    args = tiny_args(tmp_path)
+    row = ddp_row(osp.join(ROOT, 'configs', 'dino', 'vit-s16_8xb64.py'), 'fp32', args)
+    assert row['status'] == 'ok' and row['gpus'] == 2 and row['batch'] == 4
+    assert row['images_per_s'] == pytest.approx(2 * 4 / row['ms_per_step'] * 1e3)

@@ -2,10 +2,11 @@
 
 The student's backbone runs once per crop size (global, then local crops). Resharding the
 student's blocks after each forward all-gathers every block twice in the forward and twice in
-the backward; kept gathered (``student_reshard_after_forward=False``, the default, DINOv2's
-``SHARD_GRAD_OP``) each student unit is gathered once per step, as is each teacher unit
-(one forward, no backward). Per-tensor clipping sums the shards' squared norms of all
-gradient tensors in one all-reduce."""
+the backward; kept gathered after the forward (``student_reshard_after_forward=False``, the
+default, DINOv2's ``SHARD_GRAD_OP``) a student unit is gathered once in the forward and at
+most once more in the backward (FSDP2 reshards it after the backward of its first call);
+each teacher unit once (one forward, no backward). Per-tensor clipping sums the shards'
+squared norms of all gradient tensors in one all-reduce."""
 import os
 import tempfile
 
@@ -99,8 +100,10 @@ def test_student_blocks_are_gathered_once_per_step_and_clipping_reduces_once():
     kept, resharded = counts[False], counts[True]
     print('all-gathers per step: student kept gathered', kept['all_gather'],
           '| resharded after each forward', resharded['all_gather'])
-    units = kept['student_units'] + kept['teacher_units']
-    assert kept['all_gather'] <= units, kept
+    student, teacher = kept['student_units'], kept['teacher_units']
+    # at most one gather per student unit in the forward and one in the backward; the head
+    # runs once (one call on every crop's CLS token), so one gather less than that
+    assert kept['all_gather'] <= teacher + 2 * student - 1, kept
     # two forwards and their two backwards gather the student's units four times
     assert resharded['all_gather'] >= kept['teacher_units'] + 3 * kept['student_units'], \
         resharded

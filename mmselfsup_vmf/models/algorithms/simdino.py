@@ -77,6 +77,11 @@ class SimDINOv2(SimDINO):
 
     Args:
         patch_loss_weight: weight of ``loss_patch`` (official ``ibot.loss_weight`` 1.0).
+        masked_rows: how many rows the masked patch tokens are gathered into (a fixed
+            number keeps the heads' shapes static): 'law' (default) the bound of the data
+            preprocessor's mask law (``max_masked_patches``), 'all' every global-crop patch
+            (for masks from another source), or an int. More masked patches than rows is an
+            error on the CPU and a NaN ``loss_patch`` on an accelerator.
         teacher_momentum: SimDINOv2 starts the EMA at 0.9 (DINOv2: 0.992).
         Others as :class:`SimDINO`.
     """
@@ -84,6 +89,7 @@ class SimDINOv2(SimDINO):
     def __init__(self, backbone: dict, head: dict, loss: dict, neck: Optional[dict] = None,
                  num_global_views: int = 2, teacher_momentum: float = 0.9,
                  teacher_momentum_end: float = 1.0, patch_loss_weight: float = 1.0,
+                 masked_rows: Union[str, int] = 'law',
                  backbone_init: Optional[str] = None,
                  compile: Union[bool, dict, None] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg=None):
@@ -95,6 +101,11 @@ class SimDINOv2(SimDINO):
         if not patch_loss_weight >= 0:
             raise ValueError(f'patch_loss_weight must be >= 0, got {patch_loss_weight!r}')
         self.patch_loss_weight = float(patch_loss_weight)
+        if masked_rows not in ('law', 'all') and not (
+                isinstance(masked_rows, int) and masked_rows > 0):
+            raise ValueError("model.masked_rows must be 'law', 'all' or a positive int, got "
+                             f'{masked_rows!r}')
+        self.masked_rows = masked_rows
 
     def flat_global_masks(self, data_samples, views) -> torch.Tensor:
         """The masks of the global crops as (G·m, N) bool, view-major like the crops."""
@@ -108,10 +119,12 @@ class SimDINOv2(SimDINO):
         return torch.cat([m.flatten(1) for m in masks])
 
     def masked_token_rows(self, num_crops: int, num_patches: int) -> int:
-        """How many rows the masked patch tokens of a batch are gathered into: the bound of
-        the data preprocessor's mask law (:func:`max_masked_patches`), else every patch."""
+        """How many rows the masked patch tokens of a batch are gathered into (``masked_rows``;
+        'law' without a masking data preprocessor means every patch)."""
         pre = self.data_preprocessor
-        if hasattr(pre, 'mask_mode') and hasattr(pre, 'mask_cfg'):
+        if isinstance(self.masked_rows, int):
+            return self.masked_rows
+        if self.masked_rows == 'law' and hasattr(pre, 'mask_mode') and hasattr(pre, 'mask_cfg'):
             return max_masked_patches(num_crops, num_patches, pre.mask_mode, pre.mask_cfg)
         return num_crops * num_patches
 
@@ -158,9 +171,9 @@ class SimDINOv2(SimDINO):
             student_patch, teacher_patch, weights,
             num_images=masks.shape[0])  # every global crop counts, masked or not
         if host_checks_are_free(count) and int(count) > rows:
-            raise RuntimeError(f'{int(count)} masked patches exceed the bound {rows} of the '
-                               'mask configuration; the data preprocessor drew more than its '
-                               'law allows')
+            raise RuntimeError(f'{int(count)} masked patches exceed model.masked_rows='
+                               f'{self.masked_rows!r} ({rows} rows); for masks that do not come '
+                               "from the data preprocessor's law set model.masked_rows='all'")
         # on an accelerator an exceeded bound shows as a NaN loss instead of a host read
         loss_patch = torch.where(count > rows, torch.full_like(loss_patch, float('nan')),
                                  loss_patch)

@@ -122,3 +122,15 @@ def test_ten_steps_with_changing_masks_compile_once(method):
     assert graphs[1:] == [graphs[0]] * 9, graphs
     if method in MASKED:
         assert len(set(masked)) >= 5, masked  # the masked-token counts did change
+
+
+def test_simdinov2_masked_rows_switch():
+    cfg = demo_cfg('simdinov2')
+    cfg.model.masked_rows = 'rows'
+    with pytest.raises(ValueError, match="model.masked_rows must be 'law', 'all' or a positive"):
+        build_model(cfg)
+    cfg.model.masked_rows = 1  # fewer rows than masked patches: named on the CPU
+    model = build_model(cfg)
+    wrapper = build_wrapper(cfg, model)
+    with pytest.raises(RuntimeError, match=r"exceed model.masked_rows=1 .*masked_rows='all'"):
+        model.train_step(copy.deepcopy(batch()), wrapper)
