@@ -222,6 +222,8 @@ def _ddp_worker(rank, port, cfg_path, precision, args, out):
     import torch.distributed as dist
     from bench_gpu import build, setting, staged_batch, sync
     from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmpretrain')
     cuda = args.device.startswith('cuda')
     device = f'cuda:{rank}' if cuda else 'cpu'
     if cuda:
