@@ -264,8 +264,8 @@ def ddp_row(cfg_path, precision, args):
 
 
 # ----------------------------------------------------------------------------- table
-def _fmt(value, spec):
-    return '' if value is None else format(value, spec)
+def _fmt(value, pattern):
+    return '' if value is None else format(value, pattern)
 
 
 def markdown(header, rows):
