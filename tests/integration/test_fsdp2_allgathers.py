@@ -14,8 +14,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from mmengine.registry import DefaultScope
-from test_fsdp2 import BATCH, _free_port, batches, build_model, method_cfg, train_step
+from test_fsdp2 import (
+    BATCH,
+    _free_port,
+    batches,
+    build_model,
+    init_gloo_rank,
+    method_cfg,
+    train_step,
+)
 
 
 def _count_calls(counts, key, cls_or_module, name):
@@ -29,11 +36,7 @@ def _count_calls(counts, key, cls_or_module, name):
 
 
 def _worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=world)
-    DefaultScope.get_instance(f'fsdp2_ag_{rank}', scope_name='mmpretrain')
+    init_gloo_rank(rank, world, port, 'fsdp2_ag')
     from torch.distributed.fsdp._fully_shard import _fsdp_collectives
 
     from mmselfsup_vmf.engine.fsdp2_strategy import FSDP2Strategy
