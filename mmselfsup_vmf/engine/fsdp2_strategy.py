@@ -85,17 +85,34 @@ def self_distillation_units(model: nn.Module) -> List[nn.Module]:
     return units
 
 
-def shard_model(model: nn.Module, **fsdp_kwargs) -> nn.Module:
-    """Apply ``fully_shard`` to the units of ``model`` and then to the root (in place)."""
+def shard_model(model: nn.Module, reshard_after_forward: bool = True,
+                student_reshard_after_forward: Optional[bool] = None,
+                **fsdp_kwargs) -> nn.Module:
+    """Apply ``fully_shard`` to the units of ``model`` and then to the root (in place).
+
+    ``student_reshard_after_forward`` (default: ``reshard_after_forward``) is used for the
+    student's units of a self-distillation model. The student's backbone runs once per crop
+    size; kept gathered after its forward (False, DINOv2's ``SHARD_GRAD_OP`` for the
+    student), each block is all-gathered once per step instead of once per call and once
+    more per backward. The teacher has no backward, so it reshards after its forward:
+    otherwise its parameters would stay gathered and the per-shard EMA could not run.
+    """
     if hasattr(model, 'teacher') and hasattr(model, '_student_modules'):
         units = self_distillation_units(model)
+        teacher_params = {id(p) for p in model.teacher.module.parameters()}
+        student_choice = (reshard_after_forward if student_reshard_after_forward is None
+                          else student_reshard_after_forward)
+        choices = [reshard_after_forward if any(id(p) in teacher_params
+                                                for p in unit.parameters())
+                   else student_choice for unit in units]
     else:
         units = [block for m in model.modules() if isinstance(getattr(m, 'layers', None),
                                                               nn.ModuleList)
                  for block in m.layers]
-    for unit in units:
-        fully_shard(unit, **fsdp_kwargs)
-    fully_shard(model, **fsdp_kwargs)
+        choices = [reshard_after_forward] * len(units)
+    for unit, reshard in zip(units, choices):
+        fully_shard(unit, reshard_after_forward=reshard, **fsdp_kwargs)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, **fsdp_kwargs)
     # FSDP2 makes the first module whose forward runs the root; a k-NN probe calling the
     # teacher backbone before the first training step would take that role and break the
     # training forward, so the root is fixed now (torch has no public call for this)
@@ -140,18 +157,25 @@ class FSDP2Strategy(DDPStrategy):
             bf16, gradients reduced and parameters, optimiser states and the EMA teacher kept
             in fp32); None computes in the parameters' dtype.
         reshard_after_forward: free the gathered parameters of a block after its forward
-            (True: less memory, a second all-gather in the backward).
+            (True: less memory, a second all-gather in the backward); the teacher's and,
+            unless ``student_reshard_after_forward`` says otherwise, the student's.
+        student_reshard_after_forward: the same for the student's blocks; default False
+            (DINOv2's ``SHARD_GRAD_OP``): the student's backbone runs once per crop size,
+            and a block kept gathered is all-gathered once per step rather than twice in
+            the forward and twice in the backward.
         **kwargs: as mmengine's ``DDPStrategy`` (``model_wrapper`` is not used).
     """
 
     def __init__(self, *, mixed_precision: Optional[dict] = None,
-                 reshard_after_forward: bool = True, **kwargs):
+                 reshard_after_forward: bool = True,
+                 student_reshard_after_forward: Optional[bool] = False, **kwargs):
         if fully_shard is None:
             raise ImportError('FSDP2Strategy needs torch >= 2.6 (torch.distributed.fsdp.'
                               f'fully_shard); this is torch {torch.__version__}')
         super().__init__(**kwargs)
         self.mp_policy = mixed_precision_policy(mixed_precision)
         self.reshard_after_forward = bool(reshard_after_forward)
+        self.student_reshard_after_forward = student_reshard_after_forward
 
     def _setup_distributed(self, launcher: str = 'pytorch', backend: str = 'nccl',
                            **kwargs) -> None:
@@ -171,7 +195,8 @@ class FSDP2Strategy(DDPStrategy):
             raise TypeError(f'FSDP2Strategy needs an mmengine BaseModel, got {type(model)}')
         model = self.convert_model(model.to(get_device()))
         return shard_model(model, mp_policy=self.mp_policy,
-                           reshard_after_forward=self.reshard_after_forward)
+                           reshard_after_forward=self.reshard_after_forward,
+                           student_reshard_after_forward=self.student_reshard_after_forward)
 
     # ----------------------------------------------------------------- checkpoints
     def _full_options(self, strict: bool = True) -> StateDictOptions:

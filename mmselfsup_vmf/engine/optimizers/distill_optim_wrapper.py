@@ -11,17 +11,54 @@ from contextlib import contextmanager
 from typing import Iterable, List, Optional, Tuple
 
 import torch
+import torch.distributed as torch_dist
 from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmpretrain.registry import OPTIM_WRAPPERS
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ...models.losses.numerics import HOST_CHECK_DEVICES
+from ...models.utils.dist import local_shard
 
 
 def _has_accelerator() -> bool:
     return (is_cuda_available() or is_npu_available() or is_mlu_available()
             or is_musa_available())
+
+
+def _sharded_on(t: torch.Tensor):
+    """The process group over which DTensor ``t`` is sharded (FSDP2: Shard(0) on a 1-D
+    mesh), or None for a plain, replicated or differently laid-out tensor."""
+    if (isinstance(t, DTensor) and t.device_mesh.ndim == 1
+            and all(p.is_shard() for p in t.placements)):
+        return t.device_mesh.get_group()
+    return None
+
+
+def per_tensor_norms(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of every tensor, as one float32 vector on the tensors' device.
+
+    One foreach kernel over the local data; for FSDP2-sharded tensors the squared local norms
+    of all of them are summed over the ranks in a single all-reduce (a DTensor norm would
+    issue one all-reduce per tensor).
+    """
+    norms = [n.float() for n in torch._foreach_norm([local_shard(t) for t in tensors])]
+    groups = [_sharded_on(t) for t in tensors]
+    sharded = [g for g in groups if g is not None]
+    if not sharded:
+        return torch.stack(norms)
+    if any(g is not sharded[0] for g in sharded):
+        raise ValueError('per-tensor clipping: gradients are sharded over different process '
+                         'groups; shard the model with one mesh')
+    # squares of the replicated tensors' norms enter the sum as 0 and are kept as they are
+    squares = torch.stack([n.square() if g is not None else torch.zeros_like(n)
+                           for n, g in zip(norms, groups)])
+    torch_dist.all_reduce(squares, group=sharded[0])
+    if len(sharded) == len(groups):
+        return squares.sqrt()
+    return torch.stack([sq.sqrt() if g is not None else n
+                        for sq, n, g in zip(squares.unbind(), norms, groups)])
 
 
 def clip_grad_per_tensor_(params: Iterable[torch.Tensor], max_norm: float,
@@ -30,16 +67,18 @@ def clip_grad_per_tensor_(params: Iterable[torch.Tensor], max_norm: float,
 
     .. math:: g \leftarrow g \cdot \min\!\big(1, \tfrac{c}{\lVert g\rVert_2 + 10^{-6}}\big)
 
-    Returns the largest pre-clipping norm (for logging), or None without gradients.
+    DINO's ``utils.clip_gradients`` law, with the norms from :func:`per_tensor_norms` and
+    the scaling as one foreach multiply (no host read). Returns the largest pre-clipping
+    norm (a device tensor, for logging), or None without gradients.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    norms = torch._foreach_norm(grads)
-    for g, n in zip(grads, norms):
-        coef = max_norm / (n.float() + eps)
-        g.mul_(coef.clamp(max=1.0).to(g.dtype))
-    return torch.stack([n.float() for n in norms]).max()
+    norms = per_tensor_norms(grads)
+    coefs = (max_norm / (norms + eps)).clamp(max=1.0)
+    local = [local_shard(g) for g in grads]
+    torch._foreach_mul_(local, [c.to(g.dtype) for c, g in zip(coefs.unbind(), local)])
+    return norms.max()
 
 
 class GradEditMixin:
@@ -62,22 +101,29 @@ class GradEditMixin:
         return [p for g in self.optimizer.param_groups for p in g['params']
                 if p.requires_grad and p.grad is not None]
 
-    def _edit_grads(self) -> Optional[torch.Tensor]:
-        """Clips and cancels; returns the largest per-tensor norm (a device tensor) or None."""
-        biggest = None
+    def _edit_grads(self) -> dict:
+        """Clips and cancels; returns the norms to log (device tensors) by message-hub key."""
+        logged = {}
         if self.per_tensor_max_norm:
             biggest = clip_grad_per_tensor_(self._params(), self.per_tensor_max_norm)
+            if biggest is not None:
+                logged['train/grad_norm_max'] = biggest
         elif self.clip_grad_kwargs:
-            self._clip_grad()
+            # mmengine's _clip_grad, with the norm read after the step instead of before
+            params = self._params()
+            norm = self.clip_func(params, **self.clip_grad_kwargs) if params else None
+            if norm is not None:  # clip_grad_value_ returns None
+                logged[f'train/{self.grad_name}'] = norm
         for p in self.cancel_grads_of:
             p.grad = None
-        return biggest
+        return logged
 
-    def _log_grad_norm(self, biggest: Optional[torch.Tensor]) -> None:
+    def _log_norms(self, logged: dict) -> None:
         # read only after the optimiser step is queued: reading before it would make the
-        # host wait for the backward pass before it can launch the step
-        if biggest is not None:
-            self.message_hub.update_scalar('train/grad_norm_max', float(biggest))
+        # host wait for the backward pass before it can launch the step (mmengine's
+        # RuntimeInfoHook reads every loss term right after the step anyway)
+        for key, value in logged.items():
+            self.message_hub.update_scalar(key, float(value))
 
     def _needs_edit(self) -> bool:
         return bool(self.per_tensor_max_norm or self.clip_grad_kwargs or self.cancel_grads_of)
@@ -92,9 +138,9 @@ class DistillOptimWrapper(GradEditMixin, OptimWrapper):
                               **kwargs)
 
     def step(self, **kwargs) -> None:
-        biggest = self._edit_grads() if self._needs_edit() else None
+        logged = self._edit_grads() if self._needs_edit() else {}
         self.optimizer.step(**kwargs)
-        self._log_grad_norm(biggest)
+        self._log_norms(logged)
 
 
 def build_grad_scaler(loss_scale, device_type: str) -> Tuple[torch.amp.GradScaler,
@@ -125,6 +171,10 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
     ``torch.amp.GradScaler('cpu')`` scales losses; so on a CPU-only machine the scaler is
     built for the CPU and the autocast context is torch's. fp16 then runs on the CPU with
     dynamic loss scaling exactly as on a GPU (``dtype=None`` means float16 there too).
+
+    bf16 runs without loss scaling (``loss_scale`` is ignored; the scaler is disabled). With
+    fp16 the scaler's overflow check reads a flag on the host every step unless the
+    optimiser applies it itself (``optimizer=dict(type='AdamW', fused=True)``).
     """
 
     def __init__(self, optimizer, loss_scale='dynamic', dtype=None, use_fsdp: bool = False,
@@ -146,6 +196,12 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
             self.autocast_device = 'cpu'
             self.loss_scaler, self._scale_update_param = build_grad_scaler(loss_scale, 'cpu')
             self.cast_dtype = torch.float16 if dtype is None else dtype
+        if self.cast_dtype == torch.bfloat16:
+            # bf16 has float32's exponent range: scaling changes no value and the scaler's
+            # overflow check would read a flag on the host at every step
+            self.loss_scaler = torch.amp.GradScaler(self.autocast_device or 'cuda',
+                                                     enabled=False)
+            self._scale_update_param = None
 
     @contextmanager
     def optim_context(self, model: nn.Module):
@@ -158,14 +214,14 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
                 yield
 
     def step(self, **kwargs) -> None:
-        biggest = None
+        logged = {}
         if self._needs_edit():
             self.loss_scaler.unscale_(self.optimizer)
-            biggest = self._edit_grads()
+            logged = self._edit_grads()
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update_param)
-        self._log_grad_norm(biggest)
-        if self.autocast_device in HOST_CHECK_DEVICES:
+        self._log_norms(logged)
+        if self.autocast_device in HOST_CHECK_DEVICES and self.loss_scaler.is_enabled():
             # a skipped (overflow) step shows as a halved scale; reading it on a GPU would
             # wait for the optimiser step, so it is logged where that is free
             self.message_hub.update_scalar('train/loss_scale', self.loss_scaler.get_scale())

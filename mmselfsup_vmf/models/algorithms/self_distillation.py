@@ -70,6 +70,18 @@ class TeacherEMA(CosineEMA):
             raise ValueError(f'TeacherEMA: update weight must be in [0, 1], got {momentum}')
         super().__init__(model, momentum=0.5, end_momentum=end_momentum, **kwargs)
         self.momentum = float(momentum)
+        self._host_steps: Optional[int] = None  # host copy of the ``steps`` buffer
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_steps = None  # a loaded ``steps`` is read once, at the next update
+
+    def host_steps(self) -> int:
+        """The ``steps`` buffer as a Python int, read from the device once per load: it
+        changes only in ``update_parameters``, which keeps the host copy in step."""
+        if self._host_steps is None:
+            self._host_steps = int(self.steps)
+        return self._host_steps
 
     def update_weight(self, steps: int) -> float:
         """The weight 1 - m of the student in the update of call ``steps``."""
@@ -110,7 +122,7 @@ class TeacherEMA(CosineEMA):
                     'sharded alike; shard student and teacher with the same units')
             averaged.append(avg_local)
             sources.append(src_local)
-        steps = int(self.steps)
+        steps = self.host_steps()
         if steps == 0:
             torch._foreach_copy_(averaged, sources)
         elif steps % self.interval == 0 and averaged:
@@ -123,6 +135,7 @@ class TeacherEMA(CosineEMA):
         for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
             b_avg.data.copy_(b_src.data.to(b_avg.device))
         self.steps += 1
+        self._host_steps = steps + 1
 
 
 def temperature_schedule(key: str, given: Optional[dict], defaults: dict) -> dict:

@@ -14,14 +14,17 @@ def ema_(buffer: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> No
 
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every leading dim of ``x`` (..., K) and over all ranks -> (K,)."""
+    """Mean over every leading dim of ``x`` (..., K) and over all ranks -> (K,).
+
+    Sum and row count travel in one all-reduce; the count is filled on the device
+    (``torch.full``) rather than copied from the host, which would wait for the device.
+    """
     x = x.detach().float().reshape(-1, x.shape[-1])
-    total = x.sum(0)
-    count = torch.tensor([x.shape[0]], dtype=torch.float32, device=x.device)
+    count = torch.full((1, ), float(x.shape[0]), dtype=torch.float32, device=x.device)
+    total = torch.cat([x.sum(0), count])
     if dist.get_world_size() > 1:
         dist.all_reduce(total, op='sum')
-        dist.all_reduce(count, op='sum')
-    return total / count
+    return total[:-1] / total[-1:]
 
 
 class LogitCenter(nn.Module):

@@ -47,7 +47,9 @@ def prototype_logits(scores: torch.Tensor,
         raise ValueError(f'prototype_norms has {norms.shape[-1]} entries but the scores have '
                          f'{logits.shape[-1]} prototypes')
     log_c = vmf_log_normalizer(norms / temperature, dim, approximation=approximation)
-    ref = vmf_log_normalizer(norms.new_tensor(1.0 / temperature), dim, approximation=approximation)
+    # filled on the device: new_tensor would copy from the host and wait for the device
+    unit = torch.full((), 1.0 / temperature, dtype=norms.dtype, device=norms.device)
+    ref = vmf_log_normalizer(unit, dim, approximation=approximation)
     return logits + (log_c - ref).to(logits.dtype)
 
 

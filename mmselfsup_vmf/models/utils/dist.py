@@ -83,9 +83,14 @@ def finite_flags(tensors: Sequence[Optional[Tensor]], device: torch.device) -> T
     combined over ranks with one all-reduce (MIN) of the flag vector, so every rank holds the
     same flags and stops at the same step.
     """
-    flags = torch.stack([torch.isfinite(local_shard(t)).all() if t is not None
+    # one foreach max-|x| over all tensors (NaN propagates, a finite max cannot overflow)
+    # instead of an isfinite and an all kernel per tensor; empty tensors count as finite
+    checked = [t is not None and local_shard(t).numel() > 0 for t in tensors]
+    maxima = iter(torch._foreach_norm([local_shard(t) for t, c in zip(tensors, checked) if c],
+                                      float('inf')) if any(checked) else [])
+    flags = torch.stack([torch.isfinite(next(maxima)) if c
                          else torch.ones((), dtype=torch.bool, device=device)
-                         for t in tensors])
+                         for c in checked])
     if is_distributed() and any(isinstance(t, DTensor) for t in tensors):
         as_int = flags.to(torch.int32)  # collectives do not reduce bool tensors
         torch_dist.all_reduce(as_int, op=torch_dist.ReduceOp.MIN)

@@ -74,3 +74,14 @@ def test_two_ranks():
         assert out['sum'] == [3.0, -2.0]
         # d/dx_r Σ_k u_k·(x_0 + x_1) = u_0 + u_1 on every rank
         assert out['grad'] == [1.0 + 2.0, 3.0 + 3.0]
+
+
+def test_finite_flags_per_tensor():
+    from mmselfsup_vmf.models.utils.dist import finite_flags
+    big = torch.full((4, ), 3e38)  # finite; its L2 norm would overflow float32
+    tensors = [torch.ones(3), None, torch.tensor([1.0, float('nan')]),
+               torch.tensor([-float('inf')]), big, torch.zeros(0),
+               torch.tensor([1.0, float('inf')], dtype=torch.bfloat16), torch.ones(2).half()]
+    flags = finite_flags(tensors, torch.device('cpu'))
+    assert flags.tolist() == [True, True, False, False, True, True, False, True]
+    assert finite_flags([None], torch.device('cpu')).tolist() == [True]
