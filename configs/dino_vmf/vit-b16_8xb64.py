@@ -13,4 +13,4 @@ model = dict(
     head=dict(norm_last_layer=False),  # arXiv:2405.10939
     loss=dict(vmf=True, dim=256, centering='probability',  # reconstruction
               approximation='exact'))
-default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook', interval=1))
+default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook'))  # logger's interval

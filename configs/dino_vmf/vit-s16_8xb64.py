@@ -15,4 +15,4 @@ model = dict(
               approximation='exact'))
 # kappa quantiles, teacher entropy / distinct argmax, warnings on collapse (an extra default
 # hook, so the custom_hooks of the DINO recipe are inherited unchanged)
-default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook', interval=1))
+default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook'))  # logger's interval

@@ -43,4 +43,4 @@ param_scheduler = [
 ]
 train_cfg = dict(max_epochs=max_epochs)
 custom_hooks = [dict(type='RandomStateHook'), dict(type='FreezeLastLayerHook', epochs=1)]
-default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook', interval=1))
+default_hooks = dict(prototype_monitor=dict(type='PrototypeMonitorHook'))  # logger's interval

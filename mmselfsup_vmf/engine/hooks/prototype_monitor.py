@@ -139,7 +139,8 @@ class PrototypeMonitorHook(Hook):
     * the argmax uses at most one prototype over a batch of at least ``min_batch`` images.
 
     Args:
-        interval (int): iterations between two prototype-statistics updates. Defaults to 1.
+        interval (int, optional): iterations between two prototype-statistics updates and
+            collapse checks (each reads the device); None: the logger's interval.
         quantiles (Sequence[float]): which kappa quantiles to log. Defaults to (0.05, 0.5, 0.95).
         uniform_ratio (float): the near-uniform threshold as a fraction of ln K. Defaults to 0.98.
         min_batch (int): smallest batch (images) for the one-prototype warning. Defaults to 8.
@@ -152,13 +153,13 @@ class PrototypeMonitorHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self,
-                 interval: int = 1,
+                 interval: Optional[int] = None,
                  quantiles: Sequence[float] = (0.05, 0.5, 0.95),
                  uniform_ratio: float = 0.98,
                  min_batch: int = 8,
                  redundancy_threshold: float = 0.9,
                  assignment_stats: bool = True):
-        if int(interval) < 1:
+        if interval is not None and int(interval) < 1:
             raise ValueError(f'PrototypeMonitorHook: interval must be >= 1, got {interval}')
         if not all(0.0 <= q <= 1.0 for q in quantiles):
             raise ValueError(f'PrototypeMonitorHook: quantiles must be in [0, 1], got '
@@ -166,7 +167,7 @@ class PrototypeMonitorHook(Hook):
         if not 0.0 < uniform_ratio <= 1.0:
             raise ValueError(f'PrototypeMonitorHook: uniform_ratio must be in (0, 1], got '
                              f'{uniform_ratio}')
-        self.interval = int(interval)
+        self.interval = None if interval is None else int(interval)
         self.quantiles = tuple(quantiles)
         self.uniform_ratio = float(uniform_ratio)
         self.min_batch = int(min_batch)
@@ -269,10 +270,13 @@ class PrototypeMonitorHook(Hook):
     # ----------------------------------------------------------------- hook
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         model = get_ori_model(runner.model)
-        if self.every_n_train_iters(runner, self.interval):
-            for key, value in self.prototype_stats(model).items():
-                runner.message_hub.update_scalar(f'train/{key}', value)
-        if self.every_n_train_iters(runner, _logger_interval(runner, self.interval)):
+        log_interval = _logger_interval(runner, 50)
+        interval = self.interval or log_interval
+        if not self.every_n_train_iters(runner, interval):
+            return
+        for key, value in self.prototype_stats(model).items():
+            runner.message_hub.update_scalar(f'train/{key}', value)
+        if self.every_n_train_iters(runner, log_interval):
             stats = self.redundancy_stats(model)
             if self.assignment_stats:
                 stats.update(self.assignment_information(model, data_batch))
