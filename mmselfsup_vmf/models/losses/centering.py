@@ -7,6 +7,8 @@ import torch
 from mmengine import dist
 from torch import nn
 
+from .numerics import at_least_float32
+
 
 def ema_(buffer: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> None:
     r"""In-place EMA :math:`b \leftarrow m\,b + (1 - m)\,x` (DINO's centre update)."""
@@ -15,9 +17,9 @@ def ema_(buffer: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> No
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over every leading dim of ``x`` (..., K) and over all ranks -> (K,)."""
-    x = x.detach().float().reshape(-1, x.shape[-1])
+    x = at_least_float32(x.detach()).reshape(-1, x.shape[-1])
     total = x.sum(0)
-    count = torch.tensor([x.shape[0]], dtype=torch.float32, device=x.device)
+    count = torch.tensor([x.shape[0]], dtype=x.dtype, device=x.device)
     if dist.get_world_size() > 1:
         dist.all_reduce(total, op='sum')
         dist.all_reduce(count, op='sum')
