@@ -35,11 +35,13 @@ def clip_grad_per_tensor_(params: Iterable[torch.Tensor], max_norm: float,
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    norms = torch._foreach_norm(grads)
+    # norms in float32 for half-precision gradients; float64 stays float64
+    norms = [n.to(torch.promote_types(n.dtype, torch.float32))
+             for n in torch._foreach_norm(grads)]
     for g, n in zip(grads, norms):
-        coef = max_norm / (n.float() + eps)
+        coef = max_norm / (n + eps)
         g.mul_(coef.clamp(max=1.0).to(g.dtype))
-    return torch.stack([n.float() for n in norms]).max()
+    return torch.stack(norms).max()
 
 
 class GradEditMixin:
