@@ -14,8 +14,9 @@ and teacher weight, and exits 1 naming the first quantity and iteration over its
 ``dino_vmf`` runs the DINO-vMF recipe with its vMF switches at their neutral values (no vMF
 normaliser, logit centring), which must reduce to DINO: pass the DINO checkout.
 
-``--noise-floor`` runs the official loop against itself with the other AdamW implementation
-(foreach vs for-loop) and prints the gaps that arithmetic order alone produces.
+``--noise-floor`` runs the official loop against itself with another AdamW implementation
+(torch's fused kernel, which SimDINO's own script selects, against the for-loop one) and prints
+the gaps that a different order of the same arithmetic produces.
 ``--self-test`` compares our loop with a perturbed copy of itself (``--perturb``) instead of
 the official code, which is how CI checks this tool without the official repositories.
 """
@@ -28,10 +29,17 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from equivalence_ours import TINY, compare_traces, identity_map, run_ours  # noqa: E402
 
-# relative tolerances; docs/equivalence.md gives the measured noise floors they sit above
-TOLERANCES = {True: 1e-9, False: 1e-3}  # float64, float32
 QUANTITIES = ('loss', 'lr', 'wd', 'momentum', 'teacher_temp', 'center', 'grad', 'student',
               'teacher')
+# Relative tolerances, set from the noise floors in docs/equivalence.md (the official loop
+# against itself with fused vs for-loop AdamW): float64 >= 100 x every floor (largest 8e-12);
+# float32 >= 10 x the largest floor of each quantity (the final weights are dominated by the
+# attention key bias, whose exact gradient is 0, so AdamW steps on rounding noise there).
+TOLERANCES = {
+    True: dict.fromkeys(QUANTITIES + ('iterations',), 1e-9),
+    False: dict(loss=1e-5, lr=1e-6, wd=1e-6, momentum=1e-6, teacher_temp=1e-6, center=1e-5,
+                grad=1e-3, student=0.1, teacher=0.1, iterations=0.0),
+}
 NEUTRAL = dict(dino_vmf=dict(vmf=False, centering='logit'))
 
 
@@ -41,10 +49,11 @@ def parse_args(argv=None):
     parser.add_argument('official', nargs='?', help='checkout of the official repository '
                         '(facebookresearch/dino; RobinWu218/SimDINO/simdino)')
     parser.add_argument('--float32', action='store_true', help='train in float32')
-    parser.add_argument('--tolerance', type=float, help='relative tolerance for every '
-                        'quantity (default 1e-9 in float64, 1e-3 in float32)')
+    parser.add_argument('--tolerance', type=float, help='one relative tolerance for every '
+                        'quantity (default: TOLERANCES, per quantity)')
     parser.add_argument('--noise-floor', action='store_true',
-                        help='official loop (foreach AdamW) against itself (for-loop AdamW)')
+                        help='the official loop with fused AdamW against itself with the '
+                        'for-loop AdamW')
     parser.add_argument('--self-test', action='store_true',
                         help='our loop against a perturbed copy of itself (no official code)')
     parser.add_argument('--perturb-lr-at', type=int, help='self-test: lr x 1.001 at this '
@@ -54,7 +63,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def report(per_iteration: dict, failure, tolerance: float, iterations: int) -> int:
+def report(per_iteration: dict, failure, tolerance, iterations: int) -> int:
     """Per iteration the largest gap of each quantity, then the maximum over the run."""
     for it, row in sorted(per_iteration.items()):
         label = 'final' if it == iterations else f'iter {it:2d}'
@@ -68,17 +77,18 @@ def report(per_iteration: dict, failure, tolerance: float, iterations: int) -> i
     if failure is not None:
         it, quantity, gap = failure
         where = 'the final weights' if it == iterations else f'iteration {it}'
+        limit = tolerance[quantity.split(':')[0]] if isinstance(tolerance, dict) else tolerance
         print(f'FIRST DIFFERENCE: {quantity} at {where}: relative gap {gap:.3e} > '
-              f'tolerance {tolerance:.1e}')
+              f'tolerance {limit:.1e}')
         return 1
-    print(f'all quantities within {tolerance:.1e}')
+    print('all quantities within tolerance')
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     float64 = not args.float32
-    tol = args.tolerance or TOLERANCES[float64]
+    tol = args.tolerance if args.tolerance is not None else TOLERANCES[float64]
     overrides = NEUTRAL.get(args.method)
     if args.self_test:
         perturb = {}
@@ -96,8 +106,9 @@ def main(argv=None) -> int:
         official = 'simdino' if args.method == 'simdino' else 'dino'
         ours = run_ours(args.method, ROOT, float64, loss_overrides=overrides)
         ref, name_map = run_official(args.official, official, ours, TINY, float64)
-        if args.noise_floor:  # the official loop, for-loop AdamW (above) vs foreach
-            other, _ = run_official(args.official, official, ours, TINY, float64, foreach=True)
+        if args.noise_floor:  # the official loop: fused AdamW vs the for-loop one (above)
+            other, _ = run_official(args.official, official, ours, TINY, float64,
+                                    adamw=dict(fused=True))
             ours, name_map = other, identity_map(name_map.values())
     per_iteration, failure = compare_traces(ours, ref, name_map, tol)
     print(f'{args.method}: {len(ours["rows"])} iterations, '

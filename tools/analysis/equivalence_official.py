@@ -11,6 +11,7 @@ the same order (``MultiCropWrapper``, ``DINOHead``, ``DINOLoss`` / ``MCRLoss``,
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
 import re
@@ -67,7 +68,8 @@ def import_official(path: str, module: str):
     for name in ('utils', 'vision_transformer', module):
         sys.modules.pop(name, None)  # another checkout's modules of the same names
     sys.path.insert(0, os.path.abspath(path))
-    if importlib.util.find_spec('wandb') is None:  # SimDINO imports it; logging stays off
+    if 'wandb' not in sys.modules and importlib.util.find_spec('wandb') is None:
+        # SimDINO imports it; its logging stays off
         sys.modules['wandb'] = types.ModuleType('wandb')
     try:
         return importlib.import_module(module)
@@ -103,7 +105,7 @@ def _flat(params):
 
 
 def run_official(path: str, method: str, ours: dict, tiny: dict, float64: bool = True,
-                 foreach=None):
+                 adamw=None):
     """Their loop on our initial weights and inputs; a trace in ``run_ours``' format."""
     main = import_official(path, 'main_dino')
     utils, vits = sys.modules['utils'], sys.modules['vision_transformer']
@@ -147,7 +149,7 @@ def run_official(path: str, method: str, ours: dict, tiny: dict, float64: bool =
                                 student_temp=loss_cfg.student_temp,
                                 center_momentum=loss_cfg.center_momentum)
     loss_fn = loss_fn.to(dtype)
-    optimizer = torch.optim.AdamW(utils.get_params_groups(student), foreach=foreach)
+    optimizer = torch.optim.AdamW(utils.get_params_groups(student), **(adamw or {}))
     opt = cfg.optim_wrapper.optimizer
     warm, cos, wd = cfg.param_scheduler
     lr_schedule = utils.cosine_scheduler(opt.lr * t['batch'] / 256., cos.eta_min, epochs,

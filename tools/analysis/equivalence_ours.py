@@ -74,9 +74,9 @@ def shrink(cfg: Config, tiny: dict, work_dir: str) -> Config:
     cfg.optim_wrapper.type = 'DistillOptimWrapper'  # fp32/fp64: the comparison is not AMP
     cfg.optim_wrapper.pop('dtype', None)
     cfg.optim_wrapper.pop('loss_scale', None)
-    cfg.custom_hooks = [h for h in cfg.custom_hooks if h['type'] == 'FreezeLastLayerHook']
-    for h in cfg.custom_hooks:
-        h['epochs'] = t['freeze_epochs']
+    for h in cfg.custom_hooks:  # the recipe's hooks stay
+        if h['type'] == 'FreezeLastLayerHook':
+            h['epochs'] = t['freeze_epochs']
     cfg.train_dataloader = dict(
         batch_size=t['batch'], num_workers=0, drop_last=True,
         sampler=dict(type='DefaultSampler', shuffle=False),
@@ -216,8 +216,9 @@ def gaps(ours: dict, ref: dict, name_map: dict):
                                                            ref[part][ref_name])
 
 
-def compare_traces(ours: dict, ref: dict, name_map: dict, tolerance: float):
-    """Largest gap per iteration and quantity kind, and the first gap over ``tolerance``.
+def compare_traces(ours: dict, ref: dict, name_map: dict, tolerance):
+    """Largest gap per iteration and quantity kind, and the first gap over ``tolerance`` (one
+    number, or a dict kind -> number).
 
     Returns (per_iteration, first_failure): per_iteration[it][kind] is the largest gap of
     that kind ('loss', 'lr', 'grad', ..., 'student', 'teacher') in iteration ``it``;
@@ -227,7 +228,8 @@ def compare_traces(ours: dict, ref: dict, name_map: dict, tolerance: float):
         kind = quantity.split(':')[0]
         row = per_iteration.setdefault(it, {})
         row[kind] = max(row.get(kind, 0.0), gap)
-        if failure is None and not gap <= tolerance:
+        limit = tolerance[kind] if isinstance(tolerance, dict) else tolerance
+        if failure is None and not gap <= limit:
             failure = (it, quantity, gap)
     return per_iteration, failure
 
