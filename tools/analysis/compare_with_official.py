@@ -2,6 +2,7 @@
 
     python tools/analysis/compare_with_official.py dino /path/to/facebookresearch/dino
     python tools/analysis/compare_with_official.py simdino /path/to/SimDINO/simdino
+    python tools/analysis/compare_with_official.py ibot /path/to/bytedance/ibot  # needs timm
 
 Both implementations start from the same weights (an asserted parameter-name map), see the
 same fixed crops and train the shrunk published recipe (tiny ViT, 4 epochs of 3 iterations:
@@ -11,8 +12,10 @@ hooks, theirs through their ``train_one_epoch``. Per iteration it prints the lar
 gap of each quantity (loss terms, lr / weight decay / gradient of every parameter at the
 optimiser step, teacher momentum and temperature, DINO's centre), then every final student
 and teacher weight, and exits 1 naming the first quantity and iteration over its tolerance.
-``dino_vmf`` runs the DINO-vMF recipe with its vMF switches at their neutral values (no vMF
-normaliser, logit centring), which must reduce to DINO: pass the DINO checkout.
+``dino_vmf`` / ``ibot_vmf`` run the DINO-vMF / iBOT-vMF recipes with their vMF switches at
+their neutral values (no vMF normaliser, logit centring), which must reduce to DINO / iBOT:
+pass the DINO / iBOT checkout. iBOT also gets our masks and compares the patch temperature and
+the patch centre.
 
 ``--noise-floor`` runs the official loop against itself with another AdamW implementation
 (torch's fused kernel, which SimDINO's own script selects, against the for-loop one) and prints
@@ -29,25 +32,27 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from equivalence_ours import TINY, compare_traces, identity_map, run_ours  # noqa: E402
 
-QUANTITIES = ('loss', 'lr', 'wd', 'momentum', 'teacher_temp', 'center', 'grad', 'student',
-              'teacher')
+QUANTITIES = ('loss', 'lr', 'wd', 'momentum', 'teacher_temp', 'teacher_patch_temp', 'center',
+              'center2', 'grad', 'student', 'teacher')
 # Relative tolerances, set from the noise floors in docs/equivalence.md (the official loop
 # against itself with fused vs for-loop AdamW): float64 >= 100 x every floor (largest 8e-12);
 # float32 >= 10 x the largest floor of each quantity (the final weights are dominated by the
 # attention key bias, whose exact gradient is 0, so AdamW steps on rounding noise there).
 TOLERANCES = {
     True: dict.fromkeys(QUANTITIES + ('iterations',), 1e-9),
-    False: dict(loss=1e-5, lr=1e-6, wd=1e-6, momentum=1e-6, teacher_temp=1e-6, center=1e-5,
-                grad=1e-3, student=0.1, teacher=0.1, iterations=0.0),
+    False: dict(loss=1e-5, lr=1e-6, wd=1e-6, momentum=1e-6, teacher_temp=1e-6,
+                teacher_patch_temp=1e-6, center=1e-5, center2=1e-5, grad=1e-3, student=0.1,
+                teacher=0.1, iterations=0.0),
 }
-NEUTRAL = dict(dino_vmf=dict(vmf=False, centering='logit'))
+NEUTRAL = dict(dino_vmf=dict(vmf=False, centering='logit'),
+               ibot_vmf=dict(vmf=False, centering='logit'))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('method', choices=['dino', 'dino_vmf', 'simdino'])
+    parser.add_argument('method', choices=['dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino'])
     parser.add_argument('official', nargs='?', help='checkout of the official repository '
-                        '(facebookresearch/dino; RobinWu218/SimDINO/simdino)')
+                        '(facebookresearch/dino; bytedance/ibot; RobinWu218/SimDINO/simdino)')
     parser.add_argument('--float32', action='store_true', help='train in float32')
     parser.add_argument('--tolerance', type=float, help='one relative tolerance for every '
                         'quantity (default: TOLERANCES, per quantity)')
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
         if not args.official:
             raise SystemExit('give the path of the official checkout (or --self-test)')
         from equivalence_official import run_official
-        official = 'simdino' if args.method == 'simdino' else 'dino'
+        official = args.method.replace('_vmf', '')
         ours = run_ours(args.method, ROOT, float64, loss_overrides=overrides)
         ref, name_map = run_official(args.official, official, ours, TINY, float64)
         if args.noise_floor:  # the official loop: fused AdamW vs the for-loop one (above)

@@ -19,8 +19,8 @@ from mmpretrain.registry import DATASETS
 from mmpretrain.structures import DataSample
 from mmpretrain.utils import get_ori_model
 
-RECIPES = dict(dino='configs/dino/vit-s16_8xb64.py', dino_vmf='configs/dino_vmf/vit-s16_8xb64.py',
-               simdino='configs/simdino/vit-s16_8xb64.py')
+RECIPES = {m: f'configs/{m}/vit-s16_8xb64.py'
+           for m in ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino')}
 # the shrunk run, shared with the official side
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2, patch=8, global_size=32,
             local_size=16, num_local=2, batch=4, hidden=64, bottleneck=16, prototypes=64,
@@ -63,8 +63,12 @@ def shrink(cfg: Config, tiny: dict, work_dir: str) -> Config:
         model.head.num_prototypes = t['prototypes']
         model.loss.num_prototypes = t['prototypes']
         model.loss.dim = t['bottleneck']
-    if isinstance(model.get('teacher_temp'), dict):
-        model.teacher_temp.warmup_epochs = t['temp_warmup_epochs']
+    for key in ('teacher_temp', 'teacher_patch_temp'):
+        if isinstance(model.get(key), dict):
+            model[key].warmup_epochs = t['temp_warmup_epochs']
+    if 'patch_loss' in model:  # iBOT: the shared head's prototypes, masks on the tiny grid
+        model.patch_loss.update(num_prototypes=t['prototypes'], dim=t['bottleneck'])
+        model.data_preprocessor.patch_size = t['patch']
     warm, cos, wd = cfg.param_scheduler
     e, w = t['epochs'], t['warmup_epochs']
     warm.update(begin=0, end=w)
@@ -106,7 +110,7 @@ class EquivalenceRecorder(Hook):
     priority = 'VERY_LOW'
 
     def __init__(self, perturb=None):
-        self.rows, self.inputs, self.initial = [], [], None
+        self.rows, self.inputs, self.masks, self.initial = [], [], [], None
         self.perturb = perturb or {}
 
     def before_train(self, runner):
@@ -135,6 +139,8 @@ class EquivalenceRecorder(Hook):
             out['inputs'] = [x.to(dtype) for x in out['inputs']]
             if training:
                 self.inputs.append([x.detach().clone() for x in out['inputs']])
+                if model.global_masks(out['data_samples']) is not None:
+                    self.masks.append(model.global_masks(out['data_samples']))
             return out
         pre.forward = preprocess
 
@@ -154,6 +160,9 @@ class EquivalenceRecorder(Hook):
         if 'teacher_temp' in values and getattr(model.loss_module, 'center', None) is not None:
             row['teacher_temp'] = values['teacher_temp']
             row['center'] = model.loss_module.center.center.detach().double().clone()
+        if 'teacher_patch_temp' in values:
+            row['teacher_patch_temp'] = values['teacher_patch_temp']
+            row['center2'] = model.patch_loss_module.center.center.detach().double().clone()
         ema = model.teacher
         row['momentum'] = 1.0 - ema.update_weight(int(ema.steps))  # the next update
 
@@ -162,7 +171,9 @@ def run_ours(method: str, root: str, float64: bool = True, perturb=None, tiny=TI
              loss_overrides=None):
     """Train the shrunk recipe; returns the trace and the fixed inputs per iteration."""
     cfg = Config.fromfile(f'{root}/{RECIPES[method]}')
-    cfg.model.loss.update(loss_overrides or {})
+    for key in ('loss', 'patch_loss'):  # the vMF switches of both iBOT-vMF terms
+        if key in cfg.model:
+            cfg.model[key].update(loss_overrides or {})
     if perturb and 'center_momentum' in perturb:
         cfg.model.loss.center_momentum = perturb['center_momentum']
     with tempfile.TemporaryDirectory() as work_dir:
@@ -178,7 +189,8 @@ def run_ours(method: str, root: str, float64: bool = True, perturb=None, tiny=TI
         student = _flat(model._student_modules().named_parameters())
         model.update_teacher()  # DINO updates the teacher after the last step too
         teacher = _flat(model.teacher.module.named_parameters())
-    return dict(rows=recorder.rows, inputs=recorder.inputs, initial=recorder.initial,
+    return dict(rows=recorder.rows, inputs=recorder.inputs, masks=recorder.masks,
+                initial=recorder.initial,
                 student=student, teacher=teacher, recipe=recipe)
 
 
@@ -189,7 +201,9 @@ def relative_gap(a, b) -> float:
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     if a.shape != b.shape:
-        return math.inf
+        if a.numel() != b.numel():
+            return math.inf
+        a = a.reshape(b.shape)
     scale = max(float(b.abs().max()) if b.numel() else 0.0, 1e-30)
     return float((a - b).abs().max()) / scale if a.numel() else 0.0
 
@@ -200,7 +214,7 @@ def gaps(ours: dict, ref: dict, name_map: dict):
     for it, (a, b) in enumerate(zip(ours['rows'], ref['rows'])):
         for term, value in b['loss'].items():
             yield it, f'loss:{term}', relative_gap(a['loss'].get(term), value)
-        for key in ('teacher_temp', 'momentum', 'center'):
+        for key in ('teacher_temp', 'teacher_patch_temp', 'momentum', 'center', 'center2'):
             if key in b:
                 yield it, key, relative_gap(a.get(key), b[key])
         for key in ('lr', 'wd', 'grad'):
@@ -212,6 +226,8 @@ def gaps(ours: dict, ref: dict, name_map: dict):
         yield end, 'iterations', math.inf
     for part in ('student', 'teacher'):
         for ours_name, ref_name in name_map.items():
+            if ref_name not in ref[part]:  # iBOT's teacher has no mask embedding
+                continue
             yield end, f'{part}:{ours_name}', relative_gap(ours[part][ours_name],
                                                            ref[part][ref_name])
 
