@@ -50,7 +50,8 @@ def test_cli_names_a_wrong_lr_at_its_iteration(capsys):
 
 
 def test_parameter_names_map_to_dinos_vision_transformer():
-    """Hand-written pairs from facebookresearch/dino vision_transformer.py (7c446df)."""
+    """Hand-written pairs from facebookresearch/dino vision_transformer.py (7c446df) and
+    bytedance/ibot models/vision_transformer.py (da316d8)."""
     pairs = {
         'backbone.patch_embed.projection.weight': 'backbone.patch_embed.proj.weight',
         'backbone.layers.1.ln1.bias': 'backbone.blocks.1.norm1.bias',
@@ -63,6 +64,7 @@ def test_parameter_names_map_to_dinos_vision_transformer():
         'head.mlp.4.bias': 'head.mlp.4.bias',
         'head.last_layer.parametrizations.weight.original0': 'head.last_layer.weight_g',
         'head.last_layer.parametrizations.weight.original1': 'head.last_layer.weight_v',
+        'backbone.mask_token': 'backbone.masked_embed',  # bytedance/ibot (da316d8)
     }
     assert {k: official_name(k) for k in pairs} == pairs
 
