@@ -13,7 +13,7 @@ warmup_epochs = 10
 optim_wrapper = dict(optimizer=dict(lr=7.5e-4),
                      clip_grad=dict(_delete_=True, type='per_tensor', max_norm=3.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=True, begin=0, end=warmup_epochs,
+    dict(type='LinspaceLR', start_factor=0.0, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=2e-6,
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),

@@ -29,7 +29,7 @@ max_epochs = 800
 warmup_epochs = 10
 optim_wrapper = dict(optimizer=dict(lr=5e-4), clip_grad=None)  # DINO ViT-S: no clipping
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=True, begin=0, end=warmup_epochs,
+    dict(type='LinspaceLR', start_factor=0.0, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),

@@ -54,8 +54,9 @@ optim_wrapper = dict(
     paramwise_cfg=dict(layer_decay_rate=0.9,
                        custom_keys={'backbone.patch_embed': dict(lr_mult=0.2)}))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=min_lr / base_lr, by_epoch=True, begin=0,
-         end=warmup_epochs, convert_to_iter_based=True),
+    # DINOv2's CosineScheduler warm-up: min_lr + (lr - min_lr) x it / W, the peak at W
+    dict(type='LinspaceLR', start_factor=min_lr / base_lr, endpoint=False, by_epoch=True,
+         begin=0, end=warmup_epochs, convert_to_iter_based=True),
     # ratio, not an absolute eta_min: each layer group ends at 1e-6 x its lr multiplier
     dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs,
          eta_min_ratio=min_lr / base_lr, by_epoch=True, begin=warmup_epochs, end=max_epochs,

@@ -1,1 +1,1 @@
-from . import atomic_file_backend, fsdp2_strategy, hooks, optimizers  # noqa: F401
+from . import atomic_file_backend, fsdp2_strategy, hooks, optimizers, schedulers  # noqa: F401

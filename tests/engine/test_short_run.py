@@ -64,8 +64,8 @@ def test_cli_shortens_every_schedule_consistently(tmp_path):
     base_lr, wd0, eta_min, w0 = 1e-3, 0.04, 1e-5, 1 - 0.99
     # 3-epoch schedule compressed to 6 iterations: warm-up 1/3 of the run = iterations 0-1,
     # then the cosine over iterations 2-5; the weight-decay cosine spans all 6
-    # (mmengine's LinearLR reaches 1 at end - 1, as np.linspace in DINO's warm-up)
-    warmup = [base_lr * (1e-3 + (1 - 1e-3) * i / 1) for i in range(2)]
+    # (np.linspace(0, peak, 2) as DINO's warm-up: exactly 0, then the peak)
+    warmup = [0.0, base_lr]
     cosine = [eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * i / 4)) / 2
               for i in range(4)]
     expected_lr = warmup + cosine
@@ -79,7 +79,7 @@ def test_cli_shortens_every_schedule_consistently(tmp_path):
         assert row['wd'] == pytest.approx(expected_wd[t], rel=1e-6), t
         assert row['temp'] == pytest.approx(expected_temp[t]), t
         assert row['max_iters'] == 6
-        if t >= 2:  # after iteration 0 (lr 1e-6) student - teacher is below float32 resolution
+        if t >= 2:  # after iteration 0 (lr 0) student - teacher is below float32 resolution
             assert row['ema_weight'] == pytest.approx(expected_ema[t], rel=2e-3), t
 
 

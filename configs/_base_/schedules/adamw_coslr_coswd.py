@@ -1,4 +1,5 @@
-# DINO's optimisation: AdamW, lr = base x total_batch / 256 (linear warm-up, cosine to min_lr),
+# DINO's optimisation: AdamW, lr = base x total_batch / 256 (linear warm-up from exactly 0 as
+# DINO's np.linspace, mmselfsup_vmf/engine/schedulers.py; then cosine to min_lr),
 # weight decay cosine 0.04 -> 0.4 on the decayed group only (bias and 1-D params stay at 0),
 # gradient clipping per parameter tensor, all updated per iteration.
 max_epochs = 100
@@ -10,7 +11,7 @@ optim_wrapper = dict(
     clip_grad=dict(type='per_tensor', max_norm=3.0),
     paramwise_cfg=dict(bias_decay_mult=0.0, norm_decay_mult=0.0, flat_decay_mult=0.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=True, begin=0, end=warmup_epochs,
+    dict(type='LinspaceLR', start_factor=0.0, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-6,
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),

@@ -4,7 +4,7 @@ _base_ = ['./adamw_coslr_coswd.py']
 max_epochs = 3
 warmup_epochs = 1
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=warmup_epochs,
+    dict(type='LinspaceLR', start_factor=0.0, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),

@@ -37,13 +37,15 @@ def _sharded_on(t: torch.Tensor):
 
 
 def per_tensor_norms(tensors: List[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of every tensor, as one float32 vector on the tensors' device.
+    """The L2 norm of every tensor, as one vector on the tensors' device (float32 for
+    half-precision tensors; float64 stays float64).
 
     One foreach kernel over the local data; for FSDP2-sharded tensors the squared local norms
     of all of them are summed over the ranks in a single all-reduce (a DTensor norm would
     issue one all-reduce per tensor).
     """
-    norms = [n.float() for n in torch._foreach_norm([local_shard(t) for t in tensors])]
+    norms = [n.to(torch.promote_types(n.dtype, torch.float32))
+             for n in torch._foreach_norm([local_shard(t) for t in tensors])]
     groups = [_sharded_on(t) for t in tensors]
     sharded = [g for g in groups if g is not None]
     if not sharded:

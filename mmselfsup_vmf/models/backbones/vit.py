@@ -52,8 +52,9 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_shape, dst_shape, mode: s
         size = dict(scale_factor=tuple((d + offset) / s for d, s in zip(dst_shape, src_shape)))
     else:
         size = dict(size=tuple(dst_shape))
-    grid = F.interpolate(grid.float(), mode=mode, align_corners=False, antialias=antialias,
-                         **size)
+    # float32 for half-precision weights; float64 stays float64
+    grid = grid.to(torch.promote_types(grid.dtype, torch.float32))
+    grid = F.interpolate(grid, mode=mode, align_corners=False, antialias=antialias, **size)
     if tuple(grid.shape[-2:]) != tuple(dst_shape):
         raise ValueError(f'pos_embed_offset={offset} resizes a {tuple(src_shape)} grid to '
                          f'{tuple(grid.shape[-2:])}, not {tuple(dst_shape)}; use an offset < 1')

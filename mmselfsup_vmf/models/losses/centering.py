@@ -7,6 +7,8 @@ import torch
 from mmengine import dist
 from torch import nn
 
+from .numerics import at_least_float32
+
 
 def ema_(buffer: torch.Tensor, batch_value: torch.Tensor, momentum: float) -> None:
     r"""In-place EMA :math:`b \leftarrow m\,b + (1 - m)\,x` (DINO's centre update)."""
@@ -19,8 +21,8 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
     Sum and row count travel in one all-reduce; the count is filled on the device
     (``torch.full``) rather than copied from the host, which would wait for the device.
     """
-    x = x.detach().float().reshape(-1, x.shape[-1])
-    count = torch.full((1, ), float(x.shape[0]), dtype=torch.float32, device=x.device)
+    x = at_least_float32(x.detach()).reshape(-1, x.shape[-1])  # float64 stays float64
+    count = torch.full((1, ), float(x.shape[0]), dtype=x.dtype, device=x.device)
     total = torch.cat([x.sum(0), count])
     if dist.get_world_size() > 1:
         dist.all_reduce(total, op='sum')

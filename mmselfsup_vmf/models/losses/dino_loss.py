@@ -185,5 +185,5 @@ class DINOLoss(PrototypeDistillation):
         log_ps = self.student_log_probs(torch.cat(list(student_scores)), student_norms).split(
             [s.shape[0] for s in student_scores])
         loss = multi_view_cross_entropy(qs, log_ps)
-        self.update_center(teacher_all.detach().float(), raw_all)
+        self.update_center(at_least_float32(teacher_all.detach()), raw_all)
         return dict(loss_dino=loss, **prototype_usage_stats(q_all))

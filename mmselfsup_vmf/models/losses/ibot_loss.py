@@ -10,7 +10,7 @@ import torch
 from mmpretrain.registry import MODELS
 
 from .dino_loss import PrototypeDistillation
-from .numerics import prototype_usage_stats
+from .numerics import at_least_float32, prototype_usage_stats
 
 
 def masked_patch_cross_entropy(teacher_probs: torch.Tensor,
@@ -87,5 +87,5 @@ class iBOTPatchLoss(PrototypeDistillation):  # noqa: N801  (the method's own spe
         per_image = masked_patch_cross_entropy(q, log_p, mask)
         loss = torch.stack([v.mean() for v in per_image.split(sizes)]).mean()
         # iBOT's center2: mean over the patches of an image, then over all images (all ranks)
-        self.update_center(teacher_all.detach().float().mean(1), raw.mean(1))
+        self.update_center(at_least_float32(teacher_all.detach()).mean(1), raw.mean(1))
         return dict(loss_patch=loss, **prototype_usage_stats(q, prefix='patch_'))

@@ -66,6 +66,8 @@ def test_deferred_reads_name_the_same_first_iteration(tmp_path):
         work = tmp_path / str(read_every_iter)
         cfg = tiny_method_cfg('dino', work)
         cfg.optim_wrapper.optimizer.lr = 1e6
+        # a non-zero first lr (the demo warm-up starts at 0): diverge before the epoch end
+        cfg.param_scheduler[0].start_factor = 1e-3
         cfg.default_hooks.divergence = dict(type='DivergenceGuardHook', check_interval=100,
                                             read_every_iter=read_every_iter)
         seen = []
