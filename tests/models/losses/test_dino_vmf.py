@@ -232,7 +232,8 @@ def test_bf16_autocast_extreme_inputs_give_finite_loss_and_grads(approximation):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         t_scores = [teacher(f) for f in feats[:2]]
         s_scores = [head(f) for f in feats]
-        assert s_scores[0].dtype == torch.bfloat16  # the head really ran in half precision
+        assert head.mlp[0](feats[0]).dtype == torch.bfloat16  # the MLP ran in half precision
+        assert s_scores[0].dtype == torch.float32  # the prototype scores in float32
         loss = loss_fn(s_scores, t_scores, 0.04, student_norms=head.prototype_norms(),
                        teacher_norms=teacher.prototype_norms())['loss_dino']
         patch_loss = patch_fn([head(x, patch=True) for x in patches],
