@@ -14,7 +14,7 @@ from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
 
-from ...arg_checks import check_int, check_positive
+from ...arg_checks import check_argument_names, check_int, check_positive
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
 from ..utils.compile import compile_kwargs, compile_parts
 from ..utils.dist import local_shard
@@ -192,6 +192,8 @@ class SelfDistillation(BaseSelfSupervisor):
         if not 0.0 <= teacher_momentum <= teacher_momentum_end <= 1.0:
             raise ValueError('need 0 <= teacher_momentum <= teacher_momentum_end <= 1, got '
                              f'{teacher_momentum} and {teacher_momentum_end}')
+        for key, module_cfg in (('model.neck', neck), ('model.head', head), ('model.loss', loss)):
+            check_argument_names(key, module_cfg, MODELS)
         super().__init__(backbone=backbone, neck=neck, head=head,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.loss_module = MODELS.build(loss)
