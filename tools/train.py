@@ -118,6 +118,7 @@ def check_before_data(runner: Runner, cfg: Config, shortened: bool) -> None:
     mismatched export is named even without ADE20K on disk); ``--epochs`` then fits the
     schedulers to the real epoch length (a warm-up shorter than one iteration)."""
     from mmselfsup_vmf.arg_checks import check_data_root
+    from mmselfsup_vmf.engine.short_run import fit_schedulers_to_epoch_length
     from mmselfsup_vmf.evaluation.pretrained_check import check_pretrained_early
     check_pretrained_early(runner)
     check_data_root(cfg)
