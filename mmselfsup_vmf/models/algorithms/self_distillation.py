@@ -16,7 +16,7 @@ from torch import nn
 
 from ...arg_checks import check_argument_names, check_int, check_positive
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
-from ..utils.compile import compile_kwargs, compile_parts
+from ..utils.compile import CompileAnnouncer, compile_kwargs, compile_parts
 from ..utils.dist import local_shard
 from ..utils.schedules import teacher_temperature
 
@@ -209,8 +209,10 @@ class SelfDistillation(BaseSelfSupervisor):
         self.check_vmf_dim('loss_module', 'model.loss')
         self.check_modules()
         self.compile_args = compile_args
+        self.compile_announcer = None
         if compile_args is not None:
             compile_parts([self._student_modules(), self.teacher.module], compile_args)
+            self.compile_announcer = CompileAnnouncer(compile_args)
 
     def check_modules(self) -> None:
         """Build-time checks of how head and loss fit together (subclasses add theirs)."""
@@ -346,6 +348,8 @@ class SelfDistillation(BaseSelfSupervisor):
         if self.training:
             self._warn_if_progress_unknown()
             self.update_teacher()
+            if self.compile_announcer is not None:
+                self.compile_announcer.training_forward()
         return self.distillation_loss(views, data_samples)
 
     @abstractmethod
