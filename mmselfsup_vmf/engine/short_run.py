@@ -103,6 +103,9 @@ def fit_schedulers_to_epoch_length(runner) -> None:
     with "end should be larger than begin". Rounded, the warm-up keeps 1 iteration (a phase
     under half an iteration is dropped, as with ``--epoch-iters``). Builds the train loop
     (and its dataset) to know the epoch length; ``Runner.train`` reuses it."""
+    from mmengine.runner import Runner
+    if not isinstance(runner, Runner):
+        return  # FlexibleRunner (FSDP2) builds its loop after its strategy: not before
     scheds = runner.param_schedulers
     if not isinstance(scheds, (list, dict)) or isinstance(scheds, dict) and 'type' not in scheds:
         return  # already built, or one list per optimiser: left to mmengine
