@@ -15,6 +15,10 @@ INSTALL_REQUIRES = [
     'scipy', 'tensorboard',
 ]
 
+# what the documented tools need beyond the library: scikit-learn (the digits dataset and the
+# logistic probe of the study driver), scikit-image (the attention-map tool's sample image)
+TOOLS_REQUIRE = ['scikit-learn', 'scikit-image']
+
 setup(
     name='mmselfsup_vmf',
     version='0.1.0',
@@ -28,7 +32,8 @@ setup(
         'cpu': ['mmcv-lite>=2.0.0,<2.2.0'],
         # multi-crop on the device (MultiCropDataPreprocessor); kornia 0.9 needs torch>=2.5.1
         'device-aug': ['kornia>=0.9,<0.10'],
-        'tests': ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'mpmath', 'scikit-learn',
-                  'scikit-image', 'ruff'],
+        'tools': TOOLS_REQUIRE,
+        'tests': TOOLS_REQUIRE + ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'mpmath',
+                                  'ruff'],
     },
 )

@@ -1,4 +1,4 @@
-"""Two small compatibility shims for the pinned OpenMMLab stack.
+"""Small compatibility shims for the pinned OpenMMLab stack.
 
 1. mmengine 0.10.x cannot read its own checkpoints with torch >= 2.6's
    ``weights_only=True`` default (they pickle a ``HistoryBuffer``), and its http loader
@@ -11,11 +11,14 @@
    then fails on a module-level ``from mmcv.ops import point_sample``. We install a light
    ``mmcv.ops`` that exposes the pure-PyTorch ops and raises ``ModuleNotFoundError`` for
    compiled ones, exactly what mmseg's own guards expect. Does nothing with full mmcv.
+   mmcv-lite's import-time warning about one such op is silenced (see
+   :func:`silence_mmcv_lite_warning`).
 """
 import importlib.util
 import os.path as osp
 import sys
 import types
+import warnings
 
 
 def apply_checkpoint_loader_shim() -> None:
@@ -67,6 +70,18 @@ def apply_mmcv_ops_shim() -> bool:
     return True
 
 
+def silence_mmcv_lite_warning() -> None:
+    """With mmcv-lite, importing mmcv's transformer bricks (mmpretrain, mmseg do) warns
+    "You should install ``mmcv`` rather than ``mmcv-lite`` if you need this module" about
+    ``MultiScaleDeformableAttention``, a compiled op that none of our models uses (Deformable
+    DETR's); the stand-in ``mmcv.ops`` above raises a clear error if anything asks for it."""
+    if not _mmcv_has_compiled_ops():
+        warnings.filterwarnings(
+            'ignore', message='Fail to import ``MultiScaleDeformableAttention``',
+            category=UserWarning)
+
+
 def apply_all() -> None:
     apply_checkpoint_loader_shim()
+    silence_mmcv_lite_warning()
     apply_mmcv_ops_shim()

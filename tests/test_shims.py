@@ -51,3 +51,21 @@ def test_mmcv_ops_stand_in_serves_mmseg():
         mmcv.ops.sigmoid_focal_loss(None, None)
     assert shims.apply_mmcv_ops_shim() is False  # idempotent: already installed
     assert sys.modules['mmcv.ops'] is mmcv.ops
+
+
+@pytest.mark.skipif(importlib.util.find_spec('mmcv._ext') is not None,
+                    reason='full mmcv with compiled ops is installed: mmcv-lite does not warn')
+def test_mmcv_lite_warning_is_silenced_by_importing_the_package():
+    """Every tool imports mmselfsup_vmf before mmpretrain/mmseg models: the mmcv-lite warning
+    about ``MultiScaleDeformableAttention`` no longer shows; without the package it does."""
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, 'PYTHONPATH': root}
+
+    def stderr(code):
+        return subprocess.run([sys.executable, '-W', 'default', '-c', code], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300).stderr
+
+    assert 'rather than ``mmcv-lite``' in stderr('import mmpretrain.models')
+    assert 'mmcv-lite' not in stderr('import mmselfsup_vmf, mmpretrain.models, mmseg.models')

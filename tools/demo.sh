@@ -3,5 +3,5 @@
 # Usage: tools/demo.sh [--method simdino|dino|dino_vmf|ibot|ibot_vmf|simdinov2] [demo.py args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=$(bash tools/install.sh cpu)
+PY=$(bash tools/install.sh cpu,tools)  # its stderr names the environment
 exec "$PY" tools/demo.py "$@"

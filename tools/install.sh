@@ -3,10 +3,12 @@
 # Debian's Fashion-MNIST (the demo data), into a project virtual environment `.venv/` unless a
 # virtual environment (venv or a conda env other than `base`) is already active; the user's own
 # Python is left alone. Needs Python >= 3.11 (PYTHON=... picks the interpreter of a new .venv/).
-# Usage: tools/install.sh [extras]   e.g. "cpu,tests". Prints the Python it installed into last.
+# Usage: tools/install.sh [extras]   default "cpu,tools" (the tools' scikit-learn and
+# scikit-image), "cpu,tests" for the tests. Prints the Python it installed into last (stdout)
+# and, for the user, the same on stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=${1:-cpu}
+EXTRAS=${1:-cpu,tools}
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
   if command -v apt-get >/dev/null; then
@@ -44,7 +46,14 @@ if [ "$PY" = .venv/bin/python ] && [ ! -x .venv/bin/python ]; then
     exit 1
   fi
 fi
+# the callers (tools/demo.sh, tools/run_tests.sh) capture stdout: tell the user on stderr
+ENV_PATH=$PY; [ "$PY" = python ] && ENV_PATH=$(command -v python)
+announce() {
+  echo "[install] environment: $ENV_PATH (run other tools with it, or \`source $(dirname "$ENV_PATH")/activate\`)" >&2
+}
 if [ -n "${MMSVMF_INSTALL_DRY_RUN:-}" ]; then  # tests: report the choice, install nothing
+  echo "[install] would pip install -e .[$EXTRAS] with requirements/constraints.txt" >&2
+  announce
   echo "$PY"
   exit 0
 fi
@@ -55,4 +64,5 @@ if ! "$PY" -c "import mmselfsup_vmf" 2>/dev/null; then
 fi
 echo "[install] pip install -e .[$EXTRAS] with requirements/constraints.txt" >&2
 "$PY" -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e ".[$EXTRAS]" >&2
+announce
 echo "$PY"

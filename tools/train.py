@@ -104,6 +104,7 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     add_checkpoint_check(runner)
+    check_before_data(runner, cfg, shortened=args.epochs is not None)
     from mmselfsup_vmf.engine.hooks.unreadable_samples import UnreadableSamplesError
     from mmselfsup_vmf.utils.safe_load import UnreadableCheckpointError, UntrustedCheckpointError
     try:
@@ -112,6 +113,19 @@ def main(argv=None):
             UnreadableSamplesError) as e:  # stops every rank takes alike: one line each
         raise SystemExit(f'error: {e}')
     return runner
+
+
+def check_before_data(runner: Runner, cfg: Config, shortened: bool) -> None:
+    """Checks that need the model but not the data come before any dataset is built (a
+    mismatched export is named even without ADE20K on disk); ``--epochs`` then fits the
+    schedulers to the real epoch length (a warm-up shorter than one iteration)."""
+    from mmselfsup_vmf.arg_checks import check_data_root
+    from mmselfsup_vmf.engine.short_run import fit_schedulers_to_epoch_length
+    from mmselfsup_vmf.evaluation.pretrained_check import check_pretrained_early
+    check_pretrained_early(runner)
+    check_data_root(cfg)
+    if shortened:
+        fit_schedulers_to_epoch_length(runner)
 
 
 def add_checkpoint_check(runner: Runner) -> None:

@@ -70,6 +70,49 @@ def _innermost_dataset(dataset: dict) -> dict:
     return dataset
 
 
+def _scaled_schedulers(scheds, factor: Fraction, epoch_iters: Optional[int]) -> list:
+    scheds = [scheds] if isinstance(scheds, dict) else list(scheds or [])
+    for sched in scheds:
+        _scale_scheduler(sched, factor, epoch_iters)
+    kept = [s for s in scheds if not _too_short(s)]
+    dropped = [f"{s.get('type')} [{s.get('begin', 0)}, {s['end']})" for s in scheds
+               if _too_short(s)]
+    if dropped:
+        print_log(f'--epochs/--epoch-iters: dropped param_scheduler phase(s) too short for '
+                  f'this run: {", ".join(dropped)} (in iterations)', logger='current')
+    return kept
+
+
+def _too_short(sched: dict) -> bool:
+    """A phase shorter than half an iteration (e.g. a 10-of-100-epoch warm-up in 2
+    iterations) rounds to an empty range, which mmengine rejects. mmengine's Linear*
+    schedulers reach ``end_factor`` only on their second step (``total_iters = end - begin -
+    1``): one step would leave the lr at ``start_factor`` for the rest of the chain."""
+    if sched.get('by_epoch', True) or 'end' not in sched:
+        return False
+    minimum = 2 if str(sched.get('type', '')).startswith('Linear') else 1
+    return sched['end'] - sched.get('begin', 0) < minimum
+
+
+def fit_schedulers_to_epoch_length(runner) -> None:
+    """After ``--epochs`` without ``--epoch-iters``, convert the epoch-based schedulers that
+    mmengine would convert to iterations here, with the real epoch length and rounding.
+
+    mmengine truncates ``int(end * epoch_length)``: ``--epochs 1`` of the 3-epoch demo on a
+    2-iteration epoch turns its 1/3-epoch warm-up into ``begin=0, end=0`` and mmengine stops
+    with "end should be larger than begin". Rounded, the warm-up keeps 1 iteration (a phase
+    under half an iteration is dropped, as with ``--epoch-iters``). Builds the train loop
+    (and its dataset) to know the epoch length; ``Runner.train`` reuses it."""
+    from mmengine.runner import Runner
+    if not isinstance(runner, Runner):
+        return  # FlexibleRunner (FSDP2) builds its loop after its strategy: not before
+    scheds = runner.param_schedulers
+    if not isinstance(scheds, (list, dict)) or isinstance(scheds, dict) and 'type' not in scheds:
+        return  # already built, or one list per optimiser: left to mmengine
+    epoch_length = len(runner.train_loop.dataloader)
+    runner.param_schedulers = _scaled_schedulers(scheds, Fraction(1), epoch_length)
+
+
 def shorten_run(cfg: Config, epochs: Optional[int] = None,
                 epoch_iters: Optional[int] = None) -> Config:
     """Rescale ``cfg`` in place to ``epochs`` epochs of at most ``epoch_iters`` iterations."""
@@ -89,19 +132,8 @@ def shorten_run(cfg: Config, epochs: Optional[int] = None,
     if 'val_interval' in loop:
         loop['val_interval'] = min(int(loop['val_interval']), epochs)
 
-    scheds = cfg.get('param_scheduler') or []
-    scheds = [scheds] if isinstance(scheds, dict) else list(scheds)
-    for sched in scheds:
-        _scale_scheduler(sched, factor, epoch_iters)
-    # a phase shorter than half an iteration (e.g. a 10-of-100-epoch warm-up in 2 iterations)
-    # is dropped rather than given an empty range, which mmengine rejects
-    kept = [s for s in scheds if s.get('by_epoch', True) or 'end' not in s
-            or s['end'] > s.get('begin', 0)]
-    if len(kept) < len(scheds):
-        print_log(f'--epochs/--epoch-iters: dropped {len(scheds) - len(kept)} param_scheduler '
-                  'phase(s) shorter than half an iteration', logger='current')
     if 'param_scheduler' in cfg:
-        cfg.param_scheduler = kept
+        cfg.param_scheduler = _scaled_schedulers(cfg.param_scheduler, factor, epoch_iters)
 
     model = cfg.get('model', {})
     for key in ('teacher_temp', 'teacher_patch_temp'):
@@ -126,3 +158,44 @@ def shorten_run(cfg: Config, epochs: Optional[int] = None,
         _innermost_dataset(loader.dataset)['indices'] = (
             epoch_iters * int(loader.batch_size) * world_size)
     return cfg
+
+
+# scheduler state that changes as training runs (the rest is the schedule's shape)
+PROGRESS_KEYS = ('last_step', '_global_step', '_last_value', 'base_values', 'verbose',
+                 '_get_value_called_within_step')
+
+
+def _shape(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k not in PROGRESS_KEYS}
+
+
+def check_resumed_schedule(runner, checkpoint: dict) -> None:
+    """Refuse to resume into a schedule other than the checkpoint's (e.g. ``--epochs 2
+    --resume`` after a 1-epoch run): mmengine restores every param_scheduler's state, ends
+    included, so the added epochs would run at the old schedule's final lr, silently."""
+    saved = checkpoint.get('param_schedulers')
+    built = runner.param_schedulers
+    if not isinstance(saved, list) or not isinstance(built, list) or not all(
+            hasattr(s, 'state_dict') for s in built):
+        return  # none saved, not resumed, or one list per optimiser: left to mmengine
+    new = [s.state_dict() for s in built]
+    diff = [f'{len(saved)} phases vs {len(new)}'] if len(saved) != len(new) else []
+    for i, (old_state, new_state) in enumerate(zip(saved, new)):
+        old_shape, new_shape = _shape(old_state), _shape(new_state)
+        keys = [k for k in new_shape if old_shape.get(k) != new_shape[k]]
+        if keys:
+            name = type(built[i]).__name__
+            diff.append(f'param_scheduler[{i}] {name} ' + ', '.join(
+                f'{k} {old_shape.get(k)} vs {new_shape[k]}' for k in keys))
+    if diff:
+        epochs = checkpoint.get('meta', {}).get('epoch')
+        from mmengine.runner import find_latest_checkpoint
+        source = getattr(runner, '_load_from', None) or find_latest_checkpoint(runner.work_dir)
+        raise ValueError(
+            f'cannot resume into another schedule (checkpoint vs now, in iterations: '
+            f'{"; ".join(diff)}): mmengine restores the checkpoint\'s schedule, so added '
+            f'epochs would run at its final lr. Resume with the original length (e.g. the '
+            f'same --epochs) to finish an interrupted run; to train longer, start a new run '
+            f'with the longer --epochs in a new --work-dir (add --cfg-options '
+            f'load_from={source} to start from its weights: the schedule restarts; '
+            f'it stopped at epoch {epochs})')

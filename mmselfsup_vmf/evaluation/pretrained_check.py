@@ -109,9 +109,22 @@ class PretrainedMatchHook(Hook):
     registry, so mmseg and mmpretrain configs both find it by name."""
 
     priority = 'VERY_HIGH'
+    checked = False  # set by check_pretrained_early
 
     def before_run(self, runner) -> None:
-        if not isinstance(runner._train_loop, BaseLoop):  # test()/val(): no weight init
+        if self.checked or not isinstance(runner._train_loop, BaseLoop):  # test()/val()
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         check_pretrained_fits(model)
+
+
+def check_pretrained_early(runner) -> None:
+    """Run the check of a Runner's ``PretrainedMatchHook`` as soon as the model exists.
+    ``Runner.train`` builds the datasets before ``before_run``, so without ADE20K on disk the
+    dataset error would hide a mismatched export; ``tools/train.py`` calls this first."""
+    hooks = [h for h in runner.hooks if isinstance(h, PretrainedMatchHook)]
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if hooks and isinstance(model, torch.nn.Module):  # FlexibleRunner builds it in train()
+        check_pretrained_fits(model)
+        for hook in hooks:
+            hook.checked = True

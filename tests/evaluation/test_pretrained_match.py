@@ -148,3 +148,21 @@ def test_registers_and_non_vit_layouts_are_named():
     assert describe_mismatch(dict(vit, mask_token=torch.zeros(1, 1, 64)), vit) == \
         ['unexpected keys: mask_token']  # a checkpoint with a mask token into a plain ViT
     assert describe_mismatch(vit, dict(vit, mask_token=torch.zeros(1, 1, 64))) == []
+
+
+def test_train_names_a_mismatched_export_before_looking_for_ade20k(exports, tmp_path,
+                                                                   monkeypatch):
+    """tools/train.py with the ADE20K config and no ADE20K on disk: the export is checked
+    as soon as the model exists, so the mismatch is named (not the missing dataset)."""
+    monkeypatch.chdir(tmp_path)  # no data/ade here
+    train = load_tool('tools/train.py', 'train_tool')
+    path = exports['demo'][0]
+    with pytest.raises(ValueError, match=r'does not fit backbone \(VisionTransformer\): '
+                                         r'ViT architecture .*embed_dims 64 vs 768'):
+        train.main([SEG_LINEAR, '--work-dir', str(tmp_path / 'work'),
+                    '--cfg-options', f'model.backbone.init_cfg.checkpoint={path}'])
+    # nothing to check (random init): then the missing dataset is what is named
+    with pytest.raises(FileNotFoundError, match=r"train_dataloader\.dataset\.data_root="
+                                                r"'data/ade/ADEChallengeData2016' does not"):
+        train.main([SEG_LINEAR, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                    'model.backbone.init_cfg=None'])

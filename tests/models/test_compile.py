@@ -130,3 +130,35 @@ def test_train_tool_compile_flag():
         args = train_tool.parse_args([cfg_path, *argv])
         cfg = train_tool.merge_args(train_tool.Config.fromfile(cfg_path), args)
         assert cfg.model.get('compile') == expected
+
+
+def test_compilation_announces_itself_and_its_cache(tmp_path, monkeypatch):
+    """``--compile`` used to be minutes of silence: a line when the model is built (with the
+    inductor cache directory), one when the training graphs start compiling, and one when
+    the first compiled iteration is done."""
+    from testing_utils import mmengine_messages
+
+    from mmselfsup_vmf.models.utils.compile import CompileAnnouncer
+
+    def about_compile(messages):
+        return [m for m in messages if m.startswith('torch.compile')]
+
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'kernels'))
+    with mmengine_messages() as said:
+        CompileAnnouncer(dict(dynamic=False))  # inductor, the default backend: not run here
+    said = about_compile(said)
+    assert len(said) == 1 and 'graphs compile at their first call' in said[0]
+    assert f"compiled kernels are cached in {tmp_path / 'kernels'}" in said[0]
+
+    cfg = demo_cfg('dino')
+    cfg.model.compile = dict(backend='aot_eager')
+    with mmengine_messages() as said:
+        model = build_model(cfg)
+        built = about_compile(said)
+        assert len(built) == 1 and "backend='aot_eager'" in built[0] and 'cached' not in built[0]
+        train(model, cfg, steps=1)
+        assert about_compile(said)[1:] == [
+            'torch.compile: compiling the training graphs (first iteration)...']
+        train(model, cfg, steps=2)
+    done = about_compile(said)[2:]
+    assert len(done) == 1 and done[0].startswith('torch.compile: first compiled iteration done in ')

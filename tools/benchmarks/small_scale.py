@@ -10,7 +10,8 @@ restarted driver skips runs whose file exists and resumes a stopped run from its
 checkpoint (``<work-root>/<experiment>/<run>/``). Drivers started side by side on the same
 list (one per free core) share it: each run is locked by the driver that trains it. At the
 end (and with ``--report``) it writes ``results.json``, ``results.md`` and PNG figures next
-to the runs.
+to the runs. ``<out>`` is the committed ``benchmarks/results/small_scale``, except for the
+smoke run: ``work_dirs/small_scale_smoke``, so a check leaves the repository clean.
 
 Experiments (``--experiment``):
   study       methods x seeds at the study budget (default), each method with the lr and
@@ -24,7 +25,7 @@ Experiments (``--experiment``):
 
 Usage:
   python tools/benchmarks/small_scale.py [--experiment study] [--methods dino simdino ...]
-      [--seeds 3] [--epochs E] [--out benchmarks/results/small_scale] [--work-root DIR]
+      [--seeds 3] [--epochs E] [--out DIR] [--work-root DIR]
       [--only NAME ...] [--list] [--report]
 """
 import argparse
@@ -247,7 +248,9 @@ def parse_args(argv=None):
     p.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
-    p.add_argument('--out', default=osp.join(ROOT, 'benchmarks', 'results', 'small_scale'))
+    p.add_argument('--out', help='results folder (default: the committed '
+                   'benchmarks/results/small_scale; for smoke, work_dirs/small_scale_smoke '
+                   'outside version control)')
     p.add_argument('--readme', default=osp.join(ROOT, 'README.md'),
                    help="study only: the README whose methods x results table (between "
                         "'<!-- small-scale-study:start/end -->') is rewritten, and the "
@@ -258,7 +261,11 @@ def parse_args(argv=None):
     p.add_argument('--report', action='store_true', help='only write the table and figures')
     p.add_argument('--in-process', action='store_true',
                    help='train in this process (default: one subprocess per run)')
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = (osp.join(ROOT, 'work_dirs', 'small_scale_smoke') if args.experiment ==
+                    'smoke' else osp.join(ROOT, 'benchmarks', 'results', 'small_scale'))
+    return args
 
 
 def main(argv=None) -> int:

@@ -266,6 +266,21 @@ def _pyplot():
     return plt
 
 
+def line_styles(names: List[str]) -> Dict[str, dict]:
+    """A distinct (colour, line style) per name: tab20's 20 colours, then dashed, dotted..."""
+    plt = _pyplot()
+    colours = plt.get_cmap('tab20').colors
+    dashes = ('-', '--', ':', '-.')
+    return {name: dict(color=colours[i % len(colours)], linestyle=dashes[i // len(colours) % 4])
+            for i, name in enumerate(names)}
+
+
+def split_sizes(runs: List[dict]) -> str:
+    """'60,000 bank / 10,000 queries' (several sizes joined by '; ')."""
+    return '; '.join(f'{bank:,} bank / {queries:,} queries' for bank, queries in
+                     sorted({(r['num_bank'], r['num_queries']) for r in runs}))
+
+
 def epoch_points(curve: List[List[float]]) -> List[List[float]]:
     """The k-NN curve at whole epochs (init = 0). A resumed or restarted session also logs
     a k-NN before it trains, placed at the previous session's last logged iteration; those
@@ -281,15 +296,17 @@ def plot_knn_curves(runs: List[dict], raw: dict, out: str) -> str:
         points = curves.setdefault(group_name(run), {})
         for epoch, value in epoch_points(run['knn_curve']):
             points.setdefault(round(epoch, 3), []).append(value)
+    styles = line_styles(list(curves))
     for name, points in curves.items():
         xs = sorted(points)
         ax.plot(xs, [statistics.mean(points[x]) for x in xs], marker='o', markersize=3,
-                label=name)
+                label=name, **styles[name])
     ax.axhline(raw['knn_top1'], color='k', linestyle='--', label='raw pixels')
     ax.set_xlabel('epoch')
     ax.set_ylabel('k-NN top-1 (%), full split')
-    sizes = sorted({(r['num_bank'], r['num_queries']) for r in runs})
-    ax.set_title(f'teacher k-NN (k=20, T=0.07; bank/queries {sizes}), mean over seeds; '
+    seeds = max(sum(group_name(r) == name for r in runs) for name in curves)
+    over = f'mean over {seeds} seeds' if seeds > 1 else 'one run per line'
+    ax.set_title(f'teacher k-NN (k=20, T=0.07; {split_sizes(runs)}), {over}; '
                  'epoch 0 = random init', fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -300,26 +317,33 @@ def plot_knn_curves(runs: List[dict], raw: dict, out: str) -> str:
 
 
 def plot_final_knn(runs: List[dict], raw: dict, out: str) -> str:
-    """One bar per run: final teacher k-NN, its random-init value as a tick, the collapse
-    verdict in the label and raw pixels as a dashed line."""
+    """One row per run: a line from its random-init k-NN to its final teacher k-NN (a dot,
+    red when a collapse sign holds), raw pixels dashed. Dots, not bars: the axis does not
+    start at 0, and a bar's length would then mislead."""
     plt = _pyplot()
     runs = sorted(runs, key=lambda r: r['run_spec']['name'])
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(runs) + 1.5), dpi=100)
-    ys = range(len(runs))
+    ys = list(range(len(runs)))
     signs = [collapse_signs(r) for r in runs]
-    colours = ['tab:blue' if c['verdict'] == 'learns' else 'tab:red' for c in signs]
-    ax.barh(ys, [c['knn_final'] for c in signs], color=colours, alpha=0.7)
+    for y, c in zip(ys, signs):
+        if c['knn_init'] is not None:
+            ax.plot([c['knn_init'], c['knn_final']], [y, y], color='0.6', linewidth=1.5)
+    for learns, colour, label in ((True, 'tab:blue', 'final, learns'),
+                                  (False, 'tab:red', 'final, a collapse sign holds')):
+        rows = [(y, c['knn_final']) for y, c in zip(ys, signs)
+                if (c['verdict'] == 'learns') == learns]
+        if rows:
+            ax.scatter([v for _, v in rows], [y for y, _ in rows], c=colour, s=30, zorder=3,
+                       label=label)
     inits = [(y, c['knn_init']) for y, c in zip(ys, signs) if c['knn_init'] is not None]
     if inits:
-        ax.scatter([v for _, v in inits], [y for y, _ in inits], marker='|', s=200, c='k',
+        ax.scatter([v for _, v in inits], [y for y, _ in inits], marker='|', s=120, c='k',
                    label='random init', zorder=3)
     ax.axvline(raw['knn_top1'], color='k', linestyle='--', label='raw pixels')
-    ax.set_yticks(list(ys))
+    ax.set_yticks(ys)
     ax.set_yticklabels([f'{r["run_spec"]["name"]} ({c["verdict"]})'
                         for r, c in zip(runs, signs)], fontsize=7)
-    low = min([c['knn_final'] for c in signs] + [v for _, v in inits])
-    ax.set_xlim(max(0.0, low - 5), max(raw['knn_top1'], max(c['knn_final'] for c in signs)) + 2)
-    ax.set_xlabel('teacher k-NN top-1 (%), full split; red = a collapse sign holds')
+    ax.set_xlabel(f'teacher k-NN top-1 (%), {split_sizes(runs)}')
     ax.grid(alpha=0.3, axis='x')
     ax.legend(fontsize=7, loc='lower right')
     fig.tight_layout()
@@ -331,16 +355,17 @@ def plot_final_knn(runs: List[dict], raw: dict, out: str) -> str:
 def plot_prototype_usage(runs: List[dict], out: str) -> str:
     plt = _pyplot()
     with_usage = [r for r in runs if r.get('prototype_usage')]
+    styles = line_styles([r['run_spec']['name'] for r in with_usage])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), dpi=100)
     for run in with_usage:
         hist = run['prototype_usage']['history']
         label = run['run_spec']['name']
         epochs = [h['iter'] / run['iters_per_epoch'] for h in hist]
-        axes[0].plot(epochs, [h['effective_number'] for h in hist], label=label)
-        axes[1].plot(epochs, [h['distinct_argmax'] for h in hist], label=label)
+        axes[0].plot(epochs, [h['effective_number'] for h in hist], label=label, **styles[label])
+        axes[1].plot(epochs, [h['distinct_argmax'] for h in hist], label=label, **styles[label])
         kappa = run['prototype_usage'].get('kappa')
         if kappa:
-            axes[2].hist(kappa, bins=40, histtype='step', label=label)
+            axes[2].hist(kappa, bins=40, histtype='step', label=label, **styles[label])
     titles = ('effective number exp(H(p̄)) on 2,000 test images',
               'distinct teacher argmax on 2,000 test images', 'final κ = ‖w‖ / τ_s')
     for ax, title in zip(axes, titles):

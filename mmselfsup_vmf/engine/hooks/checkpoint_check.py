@@ -65,6 +65,9 @@ class CheckpointMatchHook(Hook):
                     [f'{k}: checkpoint {a} vs model {b}' for k, a, b in wrong_shape]) + ')')
             raise ValueError(f'cannot resume from {source}: it was saved by a different '
                              f'model than this {model_name}: ' + '; '.join(parts))
+        if resume:
+            from mmselfsup_vmf.engine.short_run import check_resumed_schedule
+            check_resumed_schedule(runner, checkpoint)
         if not resume and model_state and len(missing) == len(model_state):
             raise ValueError(f'load_from={source}: no key of the checkpoint matches this '
                              f'{model_name} (e.g. checkpoint {_some(list(ckpt_state))} vs '

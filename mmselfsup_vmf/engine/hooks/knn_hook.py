@@ -36,7 +36,7 @@ class KNNHook(Hook):
         key (str): which features ``knn_features`` returns ('teacher' or 'student').
         prefix (str): metric name prefix. Defaults to 'knn'.
         before_train (bool): also evaluate before the first iteration (random-init
-            baseline). Defaults to False.
+            baseline; logged as "at resume (iteration N)" in a resumed run). Defaults to False.
         by_epoch (bool): count ``interval`` in epochs (True) or iterations. Defaults to True.
         num_classes (int, optional): defaults to ``len(dataset.metainfo['classes'])`` of the
             train set, else ``max(label) + 1``.
@@ -83,7 +83,9 @@ class KNNHook(Hook):
     # ---- triggers -------------------------------------------------------------------------
     def before_train(self, runner) -> None:
         if self.eval_before_train:
-            self.evaluate(runner, stage='before training', step=runner.iter)
+            # a resumed run starts from trained weights: not a random-init baseline
+            stage = f'at resume (iteration {runner.iter})' if runner.iter else 'before training'
+            self.evaluate(runner, stage=stage, step=runner.iter)
 
     def after_train_epoch(self, runner) -> None:
         if self.by_epoch and (self.every_n_epochs(runner, self.interval)

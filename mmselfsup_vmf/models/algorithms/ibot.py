@@ -5,6 +5,7 @@ from typing import Dict, List, Optional
 import torch
 from mmpretrain.registry import MODELS
 
+from ...arg_checks import check_argument_names
 from ..utils.schedules import teacher_temperature
 from .self_distillation import SelfDistillation, temperature_schedule, weight_losses
 
@@ -49,6 +50,7 @@ class iBOT(SelfDistillation):  # noqa: N801  (the method's own spelling)
                  lambda_cls: float = 1.0,
                  lambda_patch: float = 1.0,
                  **kwargs):
+        check_argument_names('model.patch_loss', patch_loss, MODELS)
         super().__init__(backbone=backbone, head=head, loss=loss, neck=neck, **kwargs)
         self.patch_loss_module = MODELS.build(patch_loss)
         self.check_vmf_dim('patch_loss_module', 'model.patch_loss')

@@ -14,9 +14,9 @@ from mmpretrain.models.utils import CosineEMA
 from mmpretrain.registry import MODELS
 from torch import nn
 
-from ...arg_checks import check_int, check_positive
+from ...arg_checks import check_argument_names, check_int, check_positive
 from ..backbones.official_init import OFFICIAL_INITS, official_vit_init
-from ..utils.compile import compile_kwargs, compile_parts
+from ..utils.compile import CompileAnnouncer, compile_kwargs, compile_parts
 from ..utils.dist import local_shard
 from ..utils.schedules import teacher_temperature
 
@@ -205,6 +205,8 @@ class SelfDistillation(BaseSelfSupervisor):
         if not 0.0 <= teacher_momentum <= teacher_momentum_end <= 1.0:
             raise ValueError('need 0 <= teacher_momentum <= teacher_momentum_end <= 1, got '
                              f'{teacher_momentum} and {teacher_momentum_end}')
+        for key, module_cfg in (('model.neck', neck), ('model.head', head), ('model.loss', loss)):
+            check_argument_names(key, module_cfg, MODELS)
         super().__init__(backbone=backbone, neck=neck, head=head,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.loss_module = MODELS.build(loss)
@@ -220,8 +222,10 @@ class SelfDistillation(BaseSelfSupervisor):
         self.check_vmf_dim('loss_module', 'model.loss')
         self.check_modules()
         self.compile_args = compile_args
+        self.compile_announcer = None
         if compile_args is not None:
             compile_parts([self._student_modules(), self.teacher.module], compile_args)
+            self.compile_announcer = CompileAnnouncer(compile_args)
 
     def check_modules(self) -> None:
         """Build-time checks of how head and loss fit together (subclasses add theirs)."""
@@ -357,6 +361,8 @@ class SelfDistillation(BaseSelfSupervisor):
         if self.training:
             self._warn_if_progress_unknown()
             self.update_teacher()
+            if self.compile_announcer is not None:
+                self.compile_announcer.training_forward()
         return self.distillation_loss(views, data_samples)
 
     @abstractmethod

@@ -6,8 +6,10 @@ whose keys gain an ``_orig_mod.`` prefix), so a checkpoint written with compilat
 without it and vice versa. The loss, the EMA update and the optimiser step stay eager: they
 are small next to the ViT, and the losses' host-side checks would break the graph.
 """
+import time
 from typing import Iterable, Optional, Union
 
+from mmengine.logging import print_log
 from torch import nn
 
 COMPILED_PARTS = ('backbone', 'neck', 'head')
@@ -46,3 +48,43 @@ def compile_parts(module_dicts: Iterable[nn.ModuleDict], kwargs: dict) -> None:
             if name in parts:
                 python_float_drop_probs_(parts[name])
                 parts[name].compile(**kwargs)
+
+
+def inductor_cache_dir() -> str:
+    """Where inductor keeps compiled kernels (``TORCHINDUCTOR_CACHE_DIR`` or its default)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    return cache_dir()
+
+
+class CompileAnnouncer:
+    """Compilation runs inside the first calls and prints nothing (minutes on a CPU): say when
+    it starts, where the kernels are cached, and when the first compiled iteration is done.
+    ``training_forward()`` is called at each training forward; the second call closes the
+    first iteration (forward, backward, update), also under DDP, which bypasses
+    ``train_step`` of the model."""
+
+    def __init__(self, kwargs: dict):
+        self.start: Optional[float] = None
+        self.done = False
+        backend = kwargs.get('backend', 'inductor')
+        cache = (f'; compiled kernels are cached in {inductor_cache_dir()} (set '
+                 'TORCHINDUCTOR_CACHE_DIR to move it), so a rerun compiles faster'
+                 if backend == 'inductor' else '')
+        print_log(f'torch.compile({", ".join(f"{k}={v!r}" for k, v in kwargs.items())}) of the '
+                  'backbone, neck and head of student and teacher: graphs compile at their '
+                  'first call (the k-NN probe, then the first training iteration, one graph '
+                  f'per crop size); that can take minutes with no output{cache}',
+                  logger='current')
+
+    def training_forward(self) -> None:
+        if self.done:
+            return
+        if self.start is None:
+            self.start = time.perf_counter()
+            print_log('torch.compile: compiling the training graphs (first iteration)...',
+                      logger='current')
+            return
+        self.done = True
+        print_log(f'torch.compile: first compiled iteration done in '
+                  f'{time.perf_counter() - self.start:.1f} s; the next ones reuse its graphs',
+                  logger='current')
