@@ -28,7 +28,7 @@ setup(
         'cpu': ['mmcv-lite>=2.0.0,<2.2.0'],
         # multi-crop on the device (MultiCropDataPreprocessor); kornia 0.9 needs torch>=2.5.1
         'device-aug': ['kornia>=0.9,<0.10'],
-        'tests': ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'mpmath', 'scikit-learn',
-                  'scikit-image', 'ruff'],
+        'tests': ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'pytest-xdist', 'mpmath',
+                  'scikit-learn', 'scikit-image', 'ruff'],
     },
 )
