@@ -63,18 +63,16 @@ def _collect_garbage():
 
 
 def kill_orphan_loader_workers():
-    import multiprocessing
     import signal
 
-    from torch.utils.data._utils.worker import _worker_loop
+    from testing_utils import loader_workers
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
-    orphans = [c for c in multiprocessing.active_children()
-               if getattr(c, '_target', None) is _worker_loop]
-    if not orphans:
+    workers = loader_workers()
+    if not workers:
         return
     live = {w.pid for o in gc.get_objects() if type(o) is _MultiProcessingDataLoaderIter
             for w in o._workers}
-    for child in orphans:
+    for child in workers:
         if child.pid not in live:
             os.kill(child.pid, signal.SIGKILL)
             child.join(timeout=5)

@@ -27,6 +27,21 @@ def load_tool(relpath: str, name: str = None):
     return module
 
 
+def loader_workers():
+    """This process's live data-loader worker children (torch names their thread
+    pt_data_worker; the Process objects no longer hold their target once started)."""
+    import multiprocessing
+    workers = []
+    for child in multiprocessing.active_children():
+        try:
+            with open(f'/proc/{child.pid}/comm') as f:
+                if f.read().strip() == 'pt_data_worker':
+                    workers.append(child)
+        except OSError:  # exited meanwhile, or no /proc
+            pass
+    return workers
+
+
 @contextmanager
 def mmengine_messages():
     """Collect what mmengine's current logger says (e.g. PretrainedInit's key mismatches)."""
