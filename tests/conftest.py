@@ -53,10 +53,10 @@ def _collect_garbage():
     """Runners, models and their data sets form reference cycles that only the cyclic
     collector frees, and it runs rarely (it counts objects, not bytes): without this a test
     process held the models of earlier tests (7.5 GB after the two SimDINOv2 ViT-L configs).
-    Then stop the data-loader workers whose iterator is gone: torch's clean-up of a collected
-    iterator cannot stop persistent workers (its stop message goes to a queue whose feeder
-    thread the same collection already finalised, and the workers ignore SIGTERM:
-    StopOnSignalHook), so each finished Runner left an idle forked worker behind."""
+    Then stop the data-loader workers whose iterator is gone: StopOnSignalHook stops them
+    when training ends, but a run that raised skips that, and torch's clean-up of the
+    collected iterator cannot stop them (its stop message goes to a queue the same collection
+    already closed; the workers ignore SIGTERM)."""
     yield
     gc.collect()
     kill_orphan_loader_workers()
