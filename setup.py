@@ -33,7 +33,7 @@ setup(
         # multi-crop on the device (MultiCropDataPreprocessor); kornia 0.9 needs torch>=2.5.1
         'device-aug': ['kornia>=0.9,<0.10'],
         'tools': TOOLS_REQUIRE,
-        'tests': TOOLS_REQUIRE + ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'mpmath',
-                                  'ruff'],
+        'tests': TOOLS_REQUIRE + ['kornia>=0.9,<0.10', 'pytest', 'pytest-timeout', 'pytest-xdist',
+                                  'mpmath', 'ruff'],
     },
 )

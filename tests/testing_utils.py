@@ -5,10 +5,16 @@ import os.path as osp
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 import torch
 from mmengine.logging import HistoryBuffer, MMLogger
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+# The demo-learns tests train a demo config unchanged: 3-4 min on 2 idle cores, 15 min at
+# load 14 (2 cores), where pytest.ini's 900 s timeout stopped them. Their result does not
+# depend on the load (seeded, one thread); their wall time does, so they get an hour.
+DEMO_TIMEOUT = pytest.mark.timeout(3600)
 
 
 def load_tool(relpath: str, name: str = None):
@@ -19,6 +25,21 @@ def load_tool(relpath: str, name: str = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def loader_workers():
+    """This process's live data-loader worker children (torch names their thread
+    pt_data_worker; the Process objects no longer hold their target once started)."""
+    import multiprocessing
+    workers = []
+    for child in multiprocessing.active_children():
+        try:
+            with open(f'/proc/{child.pid}/comm') as f:
+                if f.read().strip() == 'pt_data_worker':
+                    workers.append(child)
+        except OSError:  # exited meanwhile, or no /proc
+            pass
+    return workers
 
 
 @contextmanager

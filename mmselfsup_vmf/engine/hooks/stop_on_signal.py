@@ -162,6 +162,14 @@ class StopOnSignalHook(Hook):
 
     def after_train(self, runner) -> None:
         self._restore_handlers()
+        # Stop persistent workers now: they ignore SIGTERM, and torch's clean-up of a
+        # garbage-collected Runner cannot stop them (its stop message goes to a queue the
+        # same collection already closed), so each finished Runner left an idle worker.
+        loader = runner.train_dataloader
+        iterator = getattr(loader, '_iterator', None)
+        if iterator is not None and hasattr(iterator, '_shutdown_workers'):
+            iterator._shutdown_workers()
+            loader._iterator = None
 
     def _stop_requested(self) -> int:
         return global_max(self._received or 0)  # the local flag without a process group

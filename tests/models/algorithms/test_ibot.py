@@ -12,6 +12,7 @@ from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from scipy.special import erf, ive
+from testing_utils import DEMO_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[3]
 K, P, TAU_S, TAU_T, TAU_TP = 6, 8, 0.1, 0.04, 0.07
@@ -375,6 +376,7 @@ def knn_before_after(config, work_dir):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason='Fashion-MNIST demo data missing '
                     '(apt-get install dataset-fashion-mnist)')
 @pytest.mark.parametrize('method', ['dino_vmf', 'ibot', 'ibot_vmf'])

@@ -11,6 +11,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+from testing_utils import DEMO_TIMEOUT
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 DEMO = osp.join(REPO, 'configs', 'simdino', 'demo_fashion-mnist.py')
@@ -268,6 +269,7 @@ def knn_before_after(config, tmp_path, epoch_factor=2, batch_size=64):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_demo_config_learns(tmp_path):
     before, after = knn_before_after(DEMO, tmp_path)
     print(f'SimDINO demo on digits: 20-NN top-1 {before:.2f} (random init) -> {after:.2f}')

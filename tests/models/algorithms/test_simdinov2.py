@@ -11,6 +11,7 @@ from mmengine.registry import DefaultScope
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from test_simdino import knn_before_after, official_simdino_loss, resume_is_exact  # noqa: F401
+from testing_utils import DEMO_TIMEOUT
 from torch import nn
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -309,6 +310,7 @@ def test_resume_is_bitwise_exact(tmp_path):
 
 
 @pytest.mark.slow
+@DEMO_TIMEOUT
 def test_demo_config_learns(tmp_path):
     before, after = knn_before_after(DEMO, tmp_path)
     print(f'SimDINOv2 demo on digits: 20-NN top-1 {before:.2f} (random init) -> {after:.2f}')
