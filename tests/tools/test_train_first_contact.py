@@ -54,17 +54,17 @@ def test_a_recipe_without_its_data_names_the_key_the_path_and_the_fix(tmp_path, 
 
 def test_epochs_1_on_a_two_iteration_epoch_trains(tmp_path):
     """mmengine would truncate the 1/3-epoch warm-up to [0, 0) and refuse; rounded it is one
-    iteration, where mmengine's LinearLR never leaves start_factor (its total_iters is
-    end - begin - 1 = 0), so it is dropped: both iterations run at the base lr."""
+    iteration of the recipe's LinspaceLR, which is DINO's ``np.linspace(0, base, 1) = [0]``:
+    lr 0 at iteration 0, then the cosine from the base lr."""
     config = tiny_config(tmp_path)
     runner = train.main([config, '--epochs', '1', '--work-dir', str(tmp_path / 'run')])
     assert runner.iter == 2
     cfg = Config.fromfile(config)
     base = cfg.optim_wrapper.optimizer.lr * 16 / cfg.auto_scale_lr.base_batch_size
-    assert logged_lrs(tmp_path / 'run') == pytest.approx([base, base], rel=1e-12)
+    assert logged_lrs(tmp_path / 'run') == pytest.approx([0.0, base], rel=1e-12)
     assert [type(s).__name__ for s in runner.param_schedulers] == [
-        'CosineAnnealingLR', 'CosineAnnealingParamScheduler']
-    assert [(s.begin, s.end) for s in runner.param_schedulers] == [(1, 2), (0, 2)]
+        'LinspaceLR', 'CosineAnnealingLR', 'CosineAnnealingParamScheduler']
+    assert [(s.begin, s.end) for s in runner.param_schedulers[1:]] == [(1, 2), (0, 2)]
 
 
 def test_resume_labels_its_knn_and_refuses_a_longer_schedule_with_the_fix(tmp_path):
@@ -93,10 +93,10 @@ def test_resume_labels_its_knn_and_refuses_a_longer_schedule_with_the_fix(tmp_pa
     assert longer.iter == 4 and longer.epoch == 2
     cfg = Config.fromfile(config)
     base = cfg.optim_wrapper.optimizer.lr * 16 / cfg.auto_scale_lr.base_batch_size
-    # 2 epochs of 2 iterations: 1-iteration warm-up dropped, cosine over iterations 1..3
+    # 2 epochs of 2 iterations: a 1-iteration warm-up at lr 0, cosine over iterations 1..3
     lrs = logged_lrs(tmp_path / 'longer')
     eta_min = cfg.param_scheduler[1].eta_min
-    expected = [base] + [eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / 3)) / 2
+    expected = [0.0] + [eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / 3)) / 2
                          for t in range(3)]
     assert lrs == pytest.approx(expected, rel=1e-9)
 
