@@ -60,12 +60,30 @@ def mmengine_messages():
         logger.removeHandler(handler)
 
 
+FORKSERVER_PRELOAD = ['torch', 'mmengine', 'mmpretrain', 'mmselfsup_vmf']
+
+
+def fork_context():
+    """A multiprocessing context whose children are forked from a clean server process.
+
+    Forking the test process itself breaks once any earlier test in it started autograd's
+    worker threads ("Unable to handle autograd's threading in combination with fork-based
+    multiprocessing"), which depends on what ran before under pytest-xdist. The forkserver
+    imports torch, mmengine, mmpretrain and this package once, never runs autograd, and forks
+    each rank from there (no re-import per rank, unlike 'spawn')."""
+    import multiprocessing as mp
+    ctx = mp.get_context('forkserver')
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
+
+
 def start_ranks(fn, nprocs: int, args=(), join: bool = True):
     """``torch.multiprocessing.spawn`` (``fn(index, *args)`` per process, a child's error
-    re-raised here) with forked processes: they inherit this process's imports, where a
-    spawned one re-imports torch, mmengine and mmpretrain first (seconds per process)."""
+    re-raised here) with processes forked from a clean server (``fork_context``)."""
     import torch.multiprocessing as mp
-    return mp.start_processes(fn, args=args, nprocs=nprocs, join=join, start_method='fork')
+    fork_context()  # sets the preload list of multiprocessing's forkserver
+    return mp.start_processes(fn, args=args, nprocs=nprocs, join=join,
+                              start_method='forkserver')
 
 
 def assert_bitwise_equal(a, b, path='state'):

@@ -24,9 +24,9 @@ def test_fp16_scaler_state_is_saved_and_resumed_exactly(tmp_path):
         pytest.skip('checks the CPU fp16 path')
     straight, scales = run(tmp_path / 'straight', configure=fp16, recorder=_Scales)
     assert straight.optim_wrapper.cast_dtype == torch.float16
-    # the run did skip steps (scale backed off from 2^10) and then grew again
+    # the scale moved away from 2^10 (it doubles after 2 clean steps), so a lost state shows
     values = [scales[i] for i in sorted(scales)]
-    assert min(values) < 2.0 ** 10, values
+    assert max(values) > 2.0 ** 10, values
     assert any(b == 2 * a for a, b in zip(values, values[1:])), values
     saved = torch.load(tmp_path / 'straight' / 'epoch_2.pth', weights_only=False)
     scaler = saved['optimizer']['loss_scaler']

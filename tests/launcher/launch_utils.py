@@ -10,9 +10,10 @@ epochs of 2 iterations (4 images per rank and iteration).
 
 - ``dist_train``: ``tools/dist_train.sh CONFIG 2 ...`` in its own session (torchrun, as a
   user or slurm starts it), for signals and ``kill -9``.
-- ``forked_ranks``: ``tools/train.py``'s ``main`` in 2 forked processes with the
-  environment torchrun gives its workers (the same Runner construction, without paying
-  the imports twice more); each rank's exit code and last message come back.
+- ``forked_ranks``: ``tools/train.py``'s ``main`` in 2 processes forked from a clean
+  server (``testing_utils.fork_context``) with the environment torchrun gives its workers
+  (the same Runner construction, without paying the imports twice more); each rank's exit
+  code and last message come back.
 """
 import os
 import os.path as osp
@@ -25,6 +26,7 @@ import traceback
 import numpy as np
 from mmengine.config import Config
 from PIL import Image
+from testing_utils import fork_context, load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HERE = osp.dirname(osp.abspath(__file__))
@@ -149,10 +151,8 @@ def _rank_main(rank, port, argv, out_dir):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR='127.0.0.1',
                       MASTER_PORT=str(port))
-    sys.path.insert(0, HERE)
     code, message = 0, ''
     try:
-        from testing_utils import load_tool
         load_tool('tools/train.py', 'train_tool_launcher').main(argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -167,10 +167,9 @@ def _rank_main(rank, port, argv, out_dir):
 def forked_ranks(cfg_path, work_dir, *args, timeout=300):
     """``tools/train.py CFG --launcher pytorch --work-dir W ARGS`` on 2 forked ranks; each
     rank's (exit code, message). A rank that did not finish in time fails the test."""
-    import multiprocessing as mp
     os.makedirs(work_dir, exist_ok=True)
     argv = [cfg_path, '--launcher', 'pytorch', '--work-dir', str(work_dir), *args]
-    ctx = mp.get_context('fork')
+    ctx = fork_context()
     port = free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, port, argv, str(work_dir)))
              for r in range(WORLD)]

@@ -92,12 +92,16 @@ class DINOHead(BaseModule):
         layer = self.last_layer2 if (patch and self.last_layer2 is not None) else self.last_layer
         if layer is None:
             return self.embed(x)
-        hidden = self.mlp[:-1](x)  # in the caller's precision (autocast)
+        # the modules themselves (a slice would build a new Sequential per call, and
+        # torch.compile would recompile for each); the body runs in the caller's precision
+        *body, tail = self.mlp
+        hidden = x
+        for module in body:
+            hidden = module(hidden)
         # the scores are divided by temperatures down to 0.04: from a bf16 bottleneck and
         # product (8-bit mantissa) the logits would be ~0.05 off; the last linear layer, the
         # normalisation and the prototypes (~2 % of the head's FLOPs) run in float32
         with torch.autocast(x.device.type, enabled=False):
-            tail = self.mlp[-1]
             return layer(_unit(tail(hidden.to(tail.weight.dtype))))
 
     def prototype_norms(self, patch: bool = False) -> Optional[torch.Tensor]:
