@@ -58,7 +58,10 @@ def _collect_garbage():
     collected iterator cannot stop them (its stop message goes to a queue the same collection
     already closed; the workers ignore SIGTERM)."""
     yield
-    gc.collect()
+    import sys
+    if 'torch._dynamo' in sys.modules:  # compiled code of this test's models: dynamo keeps
+        sys.modules['torch._dynamo'].reset()  # 8 entries per code object per process, and
+    gc.collect()  # a pytest-xdist worker compiles DINOHead.forward for many tests' models
     kill_orphan_loader_workers()
 
 
