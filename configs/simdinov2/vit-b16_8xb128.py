@@ -2,7 +2,8 @@
 # (docs/simdino.md#simdinov2-recipe): 100 epochs, 8 x 128 = 1024 images, AdamW lr 4e-3, 10 warm-up
 # epochs, cosine to 1e-6, layer-wise lr decay 0.9 (blocks 0.9^(L - i), embeddings 0.9^(L+1),
 # final norm and head 1), patch embedding lr x 0.2, weight decay cosine 0.04 -> 0.4 (none on
-# biases, norms and LayerScale), teacher EMA 0.9 -> 1, global-norm clipping 3.0, bf16 autocast.
+# biases, norms and LayerScale), teacher EMA 0.9 -> 1, clipping 3.0 (the backbone's and the
+# head's gradient norms separately), bf16 autocast.
 # ViT: 4 registers, LayerScale 0.1, drop-path 0.2 on every block, antialiased pos-embed
 # resizing. Half of the global crops block-masked (stratified ratios 0.1-0.5), one shared head
 # for CLS and masked patch tokens. Published: 78.1 k-NN / 79.7 linear on ImageNet-1k.
@@ -48,8 +49,9 @@ min_lr = 1e-6
 optim_wrapper = dict(
     type='AmpDistillOptimWrapper', dtype='bfloat16', loss_scale='dynamic',
     optimizer=dict(lr=base_lr),
-    # global norm (the official code clips the backbone and the head separately)
-    clip_grad=dict(_delete_=True, max_norm=3.0),
+    # the global norm of the backbone's and of the head's gradients, each clipped separately
+    # (the official FSDP clip_grad_norm_ per student module); type='norm': one global norm
+    clip_grad=dict(_delete_=True, type='per_module', max_norm=3.0),
     constructor='LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9,
                        custom_keys={'backbone.patch_embed': dict(lr_mult=0.2)}))

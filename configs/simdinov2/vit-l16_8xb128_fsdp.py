@@ -14,7 +14,7 @@ optim_wrapper = dict(
     type='DistillOptimWrapper',
     constructor='LayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=4e-3, betas=(0.9, 0.999), weight_decay=0.04),
-    clip_grad=dict(max_norm=3.0),
+    clip_grad=dict(type='per_module', max_norm=3.0),  # backbone and head separately
     paramwise_cfg=dict(bias_decay_mult=0.0, norm_decay_mult=0.0, flat_decay_mult=0.0,
                        layer_decay_rate=0.9,
                        custom_keys={'backbone.patch_embed': dict(lr_mult=0.2)}))

@@ -68,6 +68,28 @@ def test_global_norm_clipping_differs_and_is_offered_too():
         pytest.approx(c, rel=1e-5)
 
 
+def test_per_module_clipping_clips_each_module_norm_by_hand():
+    """SimDINOv2 clips the backbone's and the head's norms apart: tensors 0 and 1 in
+    'backbone' (norm sqrt(25 + 0.25)), tensor 2 in 'head' (norm 13)."""
+    c = 2.0
+    params = make_params()
+    names = ['backbone.a', 'backbone.b', 'head.c']
+    wrapper = DistillOptimWrapper(
+        optimizer=torch.optim.SGD([dict(params=[p], param_name=n)
+                                   for p, n in zip(params, names)], lr=1.0),
+        clip_grad=dict(type='per_module', max_norm=c))
+    wrapper.update_params(sum((p * torch.tensor(g, dtype=torch.float32)).sum()
+                              for p, g in zip(params, GRADS)))
+    backbone = np.sqrt(25.0 + 0.25)
+    coefs = [c / (backbone + 1e-6)] * 2 + [c / (13.0 + 1e-6)]
+    for p, g, coef in zip(params, GRADS, coefs):
+        np.testing.assert_allclose(1.0 - p.detach().double().numpy(), g * coef, rtol=1e-6)
+    assert wrapper.message_hub.get_scalar('train/grad_norm_head').current() == \
+        pytest.approx(13.0)
+    with pytest.raises(ValueError, match='LayerDecayOptimWrapperConstructor'):
+        step_with(DistillOptimWrapper, dict(type='per_module', max_norm=c))
+
+
 def test_clip_zero_or_none_disables_and_bad_keys_fail():
     for clip in (dict(type='per_tensor', max_norm=0.0), None):
         updates, _ = step_with(DistillOptimWrapper, clip)

@@ -3,7 +3,7 @@ on the whole batch (float64), and a checkpoint saved under FSDP is a plain mmeng
 that resumes exactly.
 
 Methods: DINO (the centre's all-reduce, per-tensor clipping, the prototype layer's weight
-norm) and SimDINOv2 (the coding rate's all-reduce, masked patch tokens, global-norm clipping,
+norm) and SimDINOv2 (the coding rate's all-reduce, masked patch tokens, per-module clipping,
 layer-wise lr decay). Student and teacher weights, losses and the centre are compared after
 each of a few steps with the EMA on its cosine schedule."""
 import os
@@ -42,6 +42,9 @@ def method_cfg(method, work_dir):
         # reduce_cov=False takes each rank's own rate, which depends on the split by design
         cfg.model.loss.reduce_cov = True
         cfg.model.masked_rows = 'all'  # the test's masks do not follow the preprocessor's law
+        # the recipe's clipping (backbone and head norms apart, over the shards), with a
+        # max_norm far below the gradient norms so that both are clipped
+        cfg.optim_wrapper.clip_grad = dict(type='per_module', max_norm=1e-3)
     return cfg
 
 

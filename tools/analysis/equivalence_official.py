@@ -47,10 +47,10 @@ def official_name(name: str) -> str:
     return name
 
 
-def checked_name_map(ours: dict, official: nn.Module) -> dict:
+def checked_name_map(ours: dict, official: nn.Module, rename=official_name) -> dict:
     """The explicit map, asserted one-to-one and size-preserving over all parameters."""
     theirs = {n: p.shape for n, p in official.named_parameters()}
-    mapping = {n: official_name(n) for n in ours}
+    mapping = {n: rename(n) for n in ours}
     missing = sorted(set(theirs) - set(mapping.values()))
     unknown = sorted(n for n, m in mapping.items() if m not in theirs)
     if missing or unknown or len(set(mapping.values())) != len(mapping):
@@ -109,6 +109,22 @@ def cpu_only():
         yield
     finally:
         torch.Tensor.cuda, nn.Module.cuda, torch.cuda.synchronize = saved
+
+
+def record_at_step(optimizer, names: dict, rows: list) -> None:
+    """Wraps ``optimizer.step``: lr, weight decay and gradient of every parameter (by
+    ``names[id(p)]``) into ``rows[-1]`` at the moment of the update."""
+    inner_step = optimizer.step
+
+    def step(*a, **k):
+        row = rows[-1]
+        for group in optimizer.param_groups:
+            for p in group['params']:
+                n = names[id(p)]
+                row['lr'][n], row['wd'][n] = group['lr'], group['weight_decay']
+                row['grad'][n] = None if p.grad is None else p.grad.detach().double().clone()
+        return inner_step(*a, **k)
+    optimizer.step = step
 
 
 def _flat(params):
@@ -235,17 +251,7 @@ def run_official(path: str, method: str, ours: dict, tiny: dict, float64: bool =
         rows.append(row)
         return out
     loss_fn.forward = loss_forward
-    inner_step = optimizer.step
-
-    def step(*a, **k):
-        row = rows[-1]
-        for group in optimizer.param_groups:
-            for p in group['params']:
-                n = names[id(p)]
-                row['lr'][n], row['wd'][n] = group['lr'], group['weight_decay']
-                row['grad'][n] = None if p.grad is None else p.grad.detach().double().clone()
-        return inner_step(*a, **k)
-    optimizer.step = step
+    record_at_step(optimizer, names, rows)
 
     # their MetricLogger gathers its (logging-only) averages on 'cuda' at each epoch end
     utils.is_dist_avail_and_initialized = lambda: False

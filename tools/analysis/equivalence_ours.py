@@ -21,6 +21,7 @@ from mmpretrain.utils import get_ori_model
 
 RECIPES = {m: f'configs/{m}/vit-s16_8xb64.py'
            for m in ('dino', 'dino_vmf', 'ibot', 'ibot_vmf', 'simdino')}
+RECIPES['simdinov2'] = 'configs/simdinov2/vit-b16_8xb128.py'
 # the shrunk run, shared with the official side
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2, patch=8, global_size=32,
             local_size=16, num_local=2, batch=4, hidden=64, bottleneck=16, prototypes=64,
@@ -66,8 +67,9 @@ def shrink(cfg: Config, tiny: dict, work_dir: str) -> Config:
     for key in ('teacher_temp', 'teacher_patch_temp'):
         if isinstance(model.get(key), dict):
             model[key].warmup_epochs = t['temp_warmup_epochs']
-    if 'patch_loss' in model:  # iBOT: the shared head's prototypes, masks on the tiny grid
+    if 'patch_loss' in model:  # iBOT: the shared head's prototypes
         model.patch_loss.update(num_prototypes=t['prototypes'], dim=t['bottleneck'])
+    if 'patch_size' in model.data_preprocessor:  # iBOT, SimDINOv2: masks on the tiny grid
         model.data_preprocessor.patch_size = t['patch']
     warm, cos, wd = cfg.param_scheduler
     e, w = t['epochs'], t['warmup_epochs']

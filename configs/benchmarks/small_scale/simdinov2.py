@@ -24,7 +24,8 @@ model = dict(
 
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3),
-    clip_grad=dict(_delete_=True, max_norm=3.0),  # global norm, as SimDINOv2
+    # one global norm (the official code clips backbone and head apart: type='per_module')
+    clip_grad=dict(_delete_=True, max_norm=3.0),
     constructor='LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9,
                        custom_keys={'backbone.patch_embed': dict(lr_mult=0.2)}))

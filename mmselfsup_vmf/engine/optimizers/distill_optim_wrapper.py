@@ -2,7 +2,11 @@
 
 mmengine's ``clip_grad=dict(max_norm=3)`` clips the *global* norm; DINO, iBOT and SimDINO clip
 each parameter tensor separately (``clip_grad=dict(type='per_tensor', max_norm=3.0)`` here;
-``type='norm'`` keeps mmengine's global clipping). ``cancel_grads_of`` (set every iteration by
+``type='norm'`` keeps mmengine's global clipping). SimDINOv2 (a DINOv2 code base) clips the
+global norm of each student submodule separately (FSDP's ``clip_grad_norm_`` per wrapped
+module: backbone, head): ``type='per_module'``, the module being the first component of each
+group's ``param_name`` (one parameter per group, as ``LayerDecayOptimWrapperConstructor``
+builds them). ``cancel_grads_of`` (set every iteration by
 ``FreezeLastLayerHook``) lists parameters whose gradients are dropped after clipping and
 before the step, as DINO's ``cancel_gradients_last_layer`` does (``grad = None``: AdamW then
 skips them entirely, weight decay included).
@@ -89,19 +93,31 @@ class GradEditMixin:
     def _setup_grad_edit(self, clip_grad: Optional[dict]) -> Optional[dict]:
         """Takes the per-tensor setting; returns what mmengine's wrapper should see."""
         clip_grad = dict(clip_grad) if clip_grad else None
-        self.per_tensor_max_norm = None
+        self.per_tensor_max_norm = self.per_module_max_norm = None
         self.cancel_grads_of: List[torch.Tensor] = []
-        if clip_grad is not None and clip_grad.get('type') == 'per_tensor':
+        kind = (clip_grad or {}).get('type')
+        if kind in ('per_tensor', 'per_module'):
             if set(clip_grad) != {'type', 'max_norm'}:
-                raise ValueError("clip_grad=dict(type='per_tensor', max_norm=...) takes only "
+                raise ValueError(f"clip_grad=dict(type='{kind}', max_norm=...) takes only "
                                  f'max_norm, got keys {sorted(clip_grad)}')
-            self.per_tensor_max_norm = float(clip_grad['max_norm'])
+            setattr(self, f'{kind}_max_norm', float(clip_grad['max_norm']))
             return None
         return clip_grad
 
-    def _params(self) -> List[torch.Tensor]:
-        return [p for g in self.optimizer.param_groups for p in g['params']
+    def _params(self, groups=None) -> List[torch.Tensor]:
+        return [p for g in (groups or self.optimizer.param_groups) for p in g['params']
                 if p.requires_grad and p.grad is not None]
+
+    def _groups_by_module(self) -> dict:
+        """Param groups by top-level module (the first component of ``param_name``)."""
+        modules = {}
+        for group in self.optimizer.param_groups:
+            if 'param_name' not in group:
+                raise ValueError("clip_grad=dict(type='per_module') needs param groups named "
+                                 "by parameter: use constructor="
+                                 "'LayerDecayOptimWrapperConstructor'")
+            modules.setdefault(group['param_name'].split('.')[0], []).append(group)
+        return modules
 
     def _edit_grads(self) -> dict:
         """Clips and cancels; returns the norms to log (device tensors) by message-hub key."""
@@ -110,6 +126,12 @@ class GradEditMixin:
             biggest = clip_grad_per_tensor_(self._params(), self.per_tensor_max_norm)
             if biggest is not None:
                 logged['train/grad_norm_max'] = biggest
+        elif self.per_module_max_norm:
+            for module, groups in self._groups_by_module().items():
+                params = self._params(groups)
+                if params:
+                    logged[f'train/grad_norm_{module}'] = nn.utils.clip_grad_norm_(
+                        params, self.per_module_max_norm)
         elif self.clip_grad_kwargs:
             # mmengine's _clip_grad, with the norm read after the step instead of before
             params = self._params()
@@ -128,12 +150,13 @@ class GradEditMixin:
             self.message_hub.update_scalar(key, float(value))
 
     def _needs_edit(self) -> bool:
-        return bool(self.per_tensor_max_norm or self.clip_grad_kwargs or self.cancel_grads_of)
+        return bool(self.per_tensor_max_norm or self.per_module_max_norm
+                    or self.clip_grad_kwargs or self.cancel_grads_of)
 
 
 @OPTIM_WRAPPERS.register_module()
 class DistillOptimWrapper(GradEditMixin, OptimWrapper):
-    """fp32 wrapper: clip (per tensor or global) -> cancel frozen grads -> step."""
+    """fp32 wrapper: clip (per tensor, per module or global) -> cancel frozen grads -> step."""
 
     def __init__(self, optimizer, clip_grad: Optional[dict] = None, **kwargs):
         OptimWrapper.__init__(self, optimizer, clip_grad=self._setup_grad_edit(clip_grad),

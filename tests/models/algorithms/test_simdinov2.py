@@ -342,7 +342,7 @@ def test_recipe_matches_the_published_one(name, arch, width):
     assert cfg.train_dataloader.batch_size == 128 and cfg.train_cfg.max_epochs == 100
     opt = cfg.optim_wrapper
     assert opt.optimizer.lr == 4e-3 and opt.optimizer.weight_decay == 0.04
-    assert opt.clip_grad == dict(max_norm=3.0)  # global norm
+    assert opt.clip_grad == dict(type='per_module', max_norm=3.0)  # backbone, head apart
     assert opt.constructor == 'LayerDecayOptimWrapperConstructor'
     assert opt.paramwise_cfg.layer_decay_rate == 0.9
     assert opt.paramwise_cfg.custom_keys == {'backbone.patch_embed': dict(lr_mult=0.2)}
