@@ -140,7 +140,7 @@ def test_moving_smoke_then_few_labels_on_its_kept_backbone(tmp_path):
         100 * np.mean(votes.argmax(1) == yq), abs=1e-6)
     table = (exp / 'results.md').read_text()
     assert '| raw pixels (1600-d) |' in table and '| iBOT | 1 |' in table
-    # the kept teacher backbone, rebuilt from the run's own spec (canvas overrides through
+    # the kept teacher backbone, rebuilt from the run's own settings (canvas overrides through
     # JSON), gives the run's k-NN back; then the few-label tool runs on the experiment
     model, cfg = fewlabel.run_model(run['run_spec'], str(exp / 'backbones' / 'ibot_s0.pth'))
     assert cfg.model.backbone.img_size == 40

@@ -10,7 +10,7 @@ checkpoint if a previous session was stopped), then evaluates the teacher's CLS 
   (``mmselfsup_vmf/evaluation/logistic_probe.py``).
 
 The result (accuracies, k-NN after every epoch from the training log, timings, load average,
-prototype usage for prototype methods; with ``init_eval`` in the run spec, both scores of the
+prototype usage for prototype methods; with ``init_eval=True`` in ``run_spec``, both scores of the
 same network before training) is written atomically to ``result_path``. The final
 teacher backbone is kept beside it (``save_teacher_backbone``) so that later evaluations
 re-score a run without re-training.
