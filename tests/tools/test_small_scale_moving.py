@@ -71,6 +71,17 @@ def test_global_crops_usually_hold_most_of_the_garment():
     assert inside.mean() > 0.8 and (inside >= 0.5).mean() > 0.95
 
 
+@pytest.mark.skipif(not osp.isdir(FASHION), reason='Debian dataset-fashion-mnist not installed')
+def test_crop_coverage_of_the_garments_ink():
+    # a crop of the whole image keeps all of every garment, on the canvas or not
+    for canvas in (28, 40):
+        whole = moving.crop_coverage((1.0, 1.0), canvas, num_images=50)
+        assert (whole['mean'], whole['at_least_80'], whole['under_tenth']) == (1.0, 1.0, 0.0)
+    crop = moving.canvas_overrides('dino')['train_dataloader.dataset.dataset']['pipeline'][0]
+    global_crops = moving.crop_coverage(crop['global_scale'], num_images=500)
+    assert global_crops['mean'] > 0.8 and global_crops['at_least_half'] > 0.95
+
+
 def test_mean_interval_against_the_closed_form_at_two_dof():
     from small_scale_stats import mean_interval
     # 1, 2, 3: sd 1; t_0.975,2 = sqrt(2 a^2 / (1 - a^2)), a = 0.95 (closed-form t_2 CDF)
