@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 import small_scale_stats as stats
 from small_scale_run import ROOT, evaluate_features, write_json_atomic
 
-CANVAS = 40  # side of the canvas; raw pixels ~73.5 % k-NN there (28 px images: 84.6 %)
+CANVAS = 40  # side of the canvas (pixel rows: benchmarks/results/small_scale/moving/pixels.json)
 PATCH = 8  # 5 x 5 patches on the canvas
 GLOBAL_SIZE, LOCAL_SIZE = 32, 16  # 4 x 4 and 2 x 2 patches, the study's token counts
 OFFSET_SEED = 0  # one canvas for every method and seed
