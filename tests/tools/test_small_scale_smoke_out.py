@@ -20,6 +20,7 @@ def test_smoke_writes_outside_the_committed_results_by_default():
     if ignored.returncode == 128:
         pytest.skip('not a git checkout: cannot ask git what it ignores')
     assert ignored.returncode == 0  # git ignores what the smoke writes
-    for experiment in ('study', 'sweep', 'robustness'):
+    assert small_scale.parse_args(['--experiment', 'moving_smoke']).out == smoke
+    for experiment in ('study', 'sweep', 'robustness', 'moving'):
         assert small_scale.parse_args(['--experiment', experiment]).out == osp.join(
             ROOT, 'benchmarks', 'results', 'small_scale')

@@ -21,7 +21,15 @@ Experiments (``--experiment``):
   robustness  the papers' stability claims at the sweep budget: lr x 3, temperature / eps x 3,
               DINO without centring, momentum 0 (no self-distillation), DINO with
               unnormalised prototypes, DINO-vMF with the 'debye' normaliser
+  moving      a moving object (small_scale_moving.py): the six methods (default: dino,
+              dino_vmf, ibot, ibot_vmf, simdino_balanced, simdinov2_balanced) x seeds with
+              their study lr / momentum, pre-trained and evaluated on Fashion-MNIST garments
+              at seeded random offsets on a 40 x 40 canvas; the raw-pixel and PCA-64 rows on
+              the same canvas splits and seed 0's networks at random init. Budget: 1 epoch
+              of a class-balanced 30,000-image half of the training split (468 iterations),
+              final evaluation only (k-NN bank and queries: the whole canvas splits)
   smoke       one tiny run (256 images, small k-NN sets) for CI
+  moving_smoke  the moving experiment's tiny run for CI (SMOKE sizes on the canvas)
 
 Usage:
   python tools/benchmarks/small_scale.py [--experiment study] [--methods dino simdino ...]
@@ -57,18 +65,25 @@ LR = 'optim_wrapper.optimizer.lr'
 MOMENTUM = 'model.teacher_momentum'
 
 # smoke: 256 training images, 4 x 64 iterations, 1,000-image k-NN bank and 500 queries
-SMOKE_OVERRIDES = {
-    'train_dataloader.dataset.dataset.num_samples': 256,
+SMOKE_SIZES = dict(train_images=256, bank=1000, queries=500)
+SMOKE_MODEL_OVERRIDES = {
     'train_dataloader.num_workers': 0,
     'train_dataloader.persistent_workers': False,
-    'knn_train_dataloader.dataset.num_samples': 1000,
-    'knn_val_dataloader.dataset.num_samples': 500,
     'model.backbone.arch.embed_dims': 32,
     'model.backbone.arch.feedforward_channels': 64,
     'model.backbone.arch.num_layers': 2,
     'model.head.in_channels': 32,
     'model.head.hidden_channels': 64,
 }
+SMOKE_OVERRIDES = {
+    'train_dataloader.dataset.dataset.num_samples': SMOKE_SIZES['train_images'],
+    'knn_train_dataloader.dataset.num_samples': SMOKE_SIZES['bank'],
+    'knn_val_dataloader.dataset.num_samples': SMOKE_SIZES['queries'],
+    **SMOKE_MODEL_OVERRIDES,
+}
+MOVING_EPOCHS = 1
+MOVING_IMAGES = 30000  # a class-balanced half of the training split: 468 iterations
+SMOKE_EXPERIMENTS = ('smoke', 'moving_smoke')  # results outside version control
 
 
 def run_spec(experiment: str, name: str, method: str, seed: int, epochs: int,
@@ -147,8 +162,29 @@ def smoke_runs(args) -> List[dict]:
                      probe_interval=2)]
 
 
+def moving_runs(args) -> List[dict]:
+    """The six methods x seeds on the 40 x 40 canvas, each with its study lr / momentum;
+    no k-NN hook (final evaluation only); seed 0 also evaluates its network at random init
+    (one more evaluation per method; the other seeds would add ~1 min each)."""
+    from small_scale_moving import canvas_overrides
+    epochs = args.epochs or MOVING_EPOCHS
+    return [run_spec('moving', f'{m}_s{s}', m, s, epochs,
+                     dict(tuned_overrides(args.out, m),
+                          **canvas_overrides(m, train_images=MOVING_IMAGES)),
+                     knn_hook=False, init_eval=s == 0)
+            for s in range(args.seeds) for m in args.methods]
+
+
+def moving_smoke_runs(args) -> List[dict]:
+    from small_scale_moving import canvas_overrides
+    method = args.methods[0] if len(args.methods) == 1 else 'dino'
+    overrides = dict(canvas_overrides(method, **SMOKE_SIZES), **SMOKE_MODEL_OVERRIDES)
+    return [run_spec('moving_smoke', f'{method}_s0', method, 0, args.epochs or 1, overrides,
+                     knn_hook=False, init_eval=True, probe_interval=2)]
+
+
 EXPERIMENTS = dict(study=study_runs, sweep=sweep_runs, robustness=robustness_runs,
-                   smoke=smoke_runs)
+                   smoke=smoke_runs, moving=moving_runs, moving_smoke=moving_smoke_runs)
 
 
 def resolve_lr_factor(run_spec: dict) -> dict:
@@ -242,10 +278,22 @@ def raw_pixel_result(out_dir: str, smoke: bool) -> dict:
     return result
 
 
+def baseline_rows(args, exp_dir: str):
+    """(raw-pixel row, head table of the report or None): on the 28 px images for the
+    study's experiments, on the canvas (with PCA-64) for the moving ones."""
+    if not args.experiment.startswith('moving'):
+        return raw_pixel_result(args.out, args.experiment == 'smoke'), None
+    import small_scale_moving as moving
+    sizes = SMOKE_SIZES if args.experiment in SMOKE_EXPERIMENTS else {}
+    pixels = moving.pixel_rows(exp_dir, sizes.get('bank'), sizes.get('queries'))
+    return pixels['raw pixels'], moving.head_table(pixels)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--experiment', choices=sorted(EXPERIMENTS), default='study')
-    p.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
+    p.add_argument('--methods', nargs='+', choices=METHODS,
+                   help='default: all, or the six of the moving experiment')
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
     p.add_argument('--out', help='results folder (default: the committed '
@@ -262,9 +310,13 @@ def parse_args(argv=None):
     p.add_argument('--in-process', action='store_true',
                    help='train in this process (default: one subprocess per run)')
     args = p.parse_args(argv)
+    if args.methods is None:
+        from small_scale_moving import MOVING_METHODS
+        args.methods = list(MOVING_METHODS if args.experiment.startswith('moving') else METHODS)
     if args.out is None:
-        args.out = (osp.join(ROOT, 'work_dirs', 'small_scale_smoke') if args.experiment ==
-                    'smoke' else osp.join(ROOT, 'benchmarks', 'results', 'small_scale'))
+        args.out = (osp.join(ROOT, 'work_dirs', 'small_scale_smoke') if args.experiment in
+                    SMOKE_EXPERIMENTS else osp.join(ROOT, 'benchmarks', 'results',
+                                                     'small_scale'))
     return args
 
 
@@ -289,7 +341,7 @@ def main(argv=None) -> int:
     command = 'python tools/benchmarks/small_scale.py ' + ' '.join(argv or sys.argv[1:])
     failed = []
     if not args.report:
-        raw_pixel_result(args.out, args.experiment == 'smoke')  # once, kept in <out>
+        baseline_rows(args, exp_dir)  # once, kept in <out>
         durations = []
         for i, run_spec in enumerate(pending):
             run_spec.update(work_dir=osp.join(args.work_root, args.experiment, run_spec['name']),
@@ -321,9 +373,9 @@ def main(argv=None) -> int:
                       f'({format_seconds(result["wall_seconds"])}, '
                       f'{result["images_per_second"]:.0f} img/s)', flush=True)
     import small_scale_report as report
-    raw = raw_pixel_result(args.out, args.experiment == 'smoke')
+    raw, head = baseline_rows(args, exp_dir)
     readme = args.readme if args.experiment == 'study' else None
-    print('wrote ' + ', '.join(report.write_report(exp_dir, raw, readme)))
+    print('wrote ' + ', '.join(report.write_report(exp_dir, raw, readme, head)))
     return 1 if failed else 0
 
 

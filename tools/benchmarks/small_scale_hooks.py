@@ -20,6 +20,9 @@ model or the training; models without prototypes (SimDINO, SimDINOv2) are skippe
 ``SessionStartHook`` remembers the iteration a training session starts from (after mmengine
 has resumed, which ``Runner.train`` does before the loop's ``before_train``), so that a
 resumed run's throughput counts only the iterations trained in the measured session.
+
+``InitEvalHook`` evaluates the run's network before its first iteration (random init) with
+the final protocol, so a random-init row costs one evaluation and no extra model build.
 """
 import json
 import math
@@ -54,6 +57,37 @@ class SessionStartHook(Hook):
 
     def before_train(self, runner) -> None:
         self.iter = runner.iter
+
+
+class InitEvalHook(Hook):
+    """Before the first iteration: ``evaluate(model)`` (a dict of scores) written to
+    ``path`` with its ``seconds``; a resumed session (iteration > 0) keeps the first
+    session's file. ``seconds`` is this session's evaluation time (0 when skipped)."""
+
+    priority = 'LOW'
+
+    def __init__(self, evaluate, path: str):
+        self.evaluate, self.path, self.seconds = evaluate, path, 0.0
+
+    def before_train(self, runner) -> None:
+        if runner.iter > 0 and osp.isfile(self.path):
+            return
+        import time
+        model = get_ori_model(runner.model)
+        was_training = model.training
+        model.eval()
+        start = time.time()
+        try:
+            with torch.no_grad():
+                result = self.evaluate(model)
+        finally:
+            model.train(was_training)
+        self.seconds = time.time() - start
+        result['seconds'] = self.seconds
+        tmp = self.path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(result, f)
+        os.replace(tmp, self.path)
 
 
 @HOOKS.register_module()

@@ -18,7 +18,7 @@ import math
 import os.path as osp
 import statistics
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import small_scale_stats as stats
 from small_scale_run import write_json_atomic
@@ -184,7 +184,8 @@ def collapse_signs(run: dict) -> Dict:
     get it from the same two stored values) and the teacher prototypes' near-duplicate
     groups / members (cosine > 0.9; only runs that stored them)."""
     curve = run.get('knn_curve') or []
-    knn_init = curve[0][1] if curve and curve[0][0] == 0 else None
+    knn_init = (curve[0][1] if curve and curve[0][0] == 0
+                else (run.get('init') or {}).get('knn_top1'))  # InitEvalHook's, if any
     out = dict(knn_init=knn_init, knn_final=run['knn_top1'], linear=run['linear_top1'],
                entropy_ratio=None, effective_number=None, distinct_argmax=None,
                mutual_information=None, dup_groups=None, dup_members=None,
@@ -386,10 +387,11 @@ def plot_prototype_usage(runs: List[dict], out: str) -> str:
     return out
 
 
-def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[str]:
+def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None,
+                 head: Optional[Callable[[List[dict]], str]] = None) -> List[str]:
     """Write results.json, results.md and the figures of ``exp_dir``; with ``readme``, also
-    rewrite its study table and the detail tables of docs/benchmarks.md beside it. Returns
-    the paths written."""
+    rewrite its study table and the detail tables of docs/benchmarks.md beside it; ``head``
+    (runs -> markdown) replaces the first table of results.md. Returns the paths written."""
     runs = load_runs(exp_dir)
     summary = summarise(runs)
     results_path = osp.join(exp_dir, 'results.json')
@@ -397,7 +399,7 @@ def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[
         {k: v for k, v in r.items() if k not in ('train_log', )} for r in runs]))
     table_path = osp.join(exp_dir, 'results.md')
     with open(table_path, 'w') as f:
-        f.write(markdown_table(summary, raw))
+        f.write(head(runs) if head else markdown_table(summary, raw))
         f.write('\nCollapse signs at the end of each run (probe images for the teacher; '
                 'comp / expa from the training log):\n\n')
         f.write(collapse_table(sorted(runs, key=lambda r: r['run_spec']['name'])))
@@ -407,8 +409,9 @@ def write_report(exp_dir: str, raw: dict, readme: Optional[str] = None) -> List[
         f.write(claims_table(runs, OTHER_COMPARISONS))
         f.write('\n' + USAGE_TEXT + usage_table(runs))
     paths = [results_path, table_path]
-    if runs:
+    if any(r.get('knn_curve') for r in runs):  # the k-NN hook's (not the moving runs)
         paths.append(plot_knn_curves(runs, raw, osp.join(exp_dir, 'knn_vs_epoch.png')))
+    if runs:
         paths.append(plot_final_knn(runs, raw, osp.join(exp_dir, 'knn_final.png')))
         paths.append(plot_prototype_usage(runs, osp.join(exp_dir, 'prototype_usage.png')))
     if readme and update_readme(readme, readme_table(summary, raw)):

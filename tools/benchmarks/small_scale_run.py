@@ -10,10 +10,12 @@ checkpoint if a previous session was stopped), then evaluates the teacher's CLS 
   (``mmselfsup_vmf/evaluation/logistic_probe.py``).
 
 The result (accuracies, k-NN after every epoch from the training log, timings, load average,
-prototype usage for prototype methods) is written atomically to ``result_path``. The final
+prototype usage for prototype methods; with ``init_eval=True`` in ``run_spec``, both scores of the
+same network before training) is written atomically to ``result_path``. The final
 teacher backbone is kept beside it (``save_teacher_backbone``) so that later evaluations
 re-score a run without re-training.
 """
+import copy
 import datetime
 import json
 import os
@@ -59,8 +61,8 @@ def build_cfg(run_spec: dict):
     """The run's Config: method config + overrides + seed + budget + work dir + probes."""
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, run_spec['config']))
-    if run_spec.get('overrides'):
-        cfg.merge_from_dict(run_spec['overrides'])
+    if run_spec.get('overrides'):  # a copy: merging pops '_delete_' from the dicts it reads
+        cfg.merge_from_dict(copy.deepcopy(run_spec['overrides']))
     for hook in cfg.custom_hooks:  # the k-NN hook evaluates on the (overridden) k-NN sets
         if hook['type'] == 'KNNHook':
             hook.update(train_dataloader=cfg.knn_train_dataloader,
@@ -200,6 +202,11 @@ def run_one(run_spec: dict, result_path: str) -> dict:
             hook.evaluate = _timed(hook.evaluate, hook_times)
     session = small_scale_hooks.SessionStartHook()
     runner.register_hook(session)
+    init_path = osp.join(run_spec['work_dir'], 'init_eval.json')
+    init_hook = small_scale_hooks.InitEvalHook(
+        lambda m: evaluate_features(*extract_teacher_features(m, cfg)), init_path)
+    if run_spec.get('init_eval'):  # the same network before training, same protocol
+        runner.register_hook(init_hook)
     start = time.time()
     runner.train()
     session_train_s = time.time() - start
@@ -218,22 +225,25 @@ def run_one(run_spec: dict, result_path: str) -> dict:
     iters_per_epoch = len(runner.train_dataloader)
     # throughput of this session: a resumed run's earlier sessions may have left no timing
     iters_this_session = runner.iter - session.iter
-    pure_train_s = max(session_train_s - sum(hook_times), 1e-9)
+    pure_train_s = max(session_train_s - sum(hook_times) - init_hook.seconds, 1e-9)
     curve = read_log_series(run_spec['work_dir'], ['knn/top1'])['knn/top1']
     # collapse signs: the teacher's argmax/entropy (prototype methods), the alignment and the
     # coding rate (SimDINO: comp -> 1 with expa -> 0)
     logged = read_log_series(run_spec['work_dir'], ['teacher_unique_argmax', 'teacher_entropy',
                                                 'loss', 'comp', 'global_comp', 'expa'])
     usage_path = osp.join(run_spec['work_dir'], 'prototype_usage.json')
-    usage = None
+    usage = init = None
     if osp.isfile(usage_path):
         with open(usage_path) as f:
             usage = json.load(f)
+    if run_spec.get('init_eval'):
+        with open(init_path) as f:
+            init = json.load(f)
     result.update(
         run_spec={k: v for k, v in run_spec.items() if k != 'work_dir'},
         knn_curve=[[x / iters_per_epoch, v] for x, v in curve],
         train_log={k: v[::max(1, len(v) // 200)] for k, v in logged.items()},
-        prototype_usage=usage,
+        prototype_usage=usage, init=init,
         teacher_backbone=backbone,
         iters=runner.iter, iters_this_session=iters_this_session,
         iters_per_epoch=iters_per_epoch, batch_size=batch,

@@ -52,6 +52,13 @@ def paired_t(diffs: Sequence[float]) -> Dict:
     return dict(mean=mean, sd=sd, n=n, dof=n - 1, low=mean - half, high=mean + half, p=p)
 
 
+def mean_interval(values: Sequence[float]) -> Dict:
+    """Mean and half-width of its 95 % t-interval, t_{0.975, n−1} · sd/√n (n ≥ 2)."""
+    n = len(values)
+    half = _t_quantile(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return dict(mean=statistics.mean(values), half=half, n=n)
+
+
 def welch_t(a: Sequence[float], b: Sequence[float]) -> Dict:
     """mean(a) − mean(b), its 95 % Welch interval and p (both sides n ≥ 2)."""
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
