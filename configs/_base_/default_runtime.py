@@ -23,6 +23,10 @@ custom_hooks = [dict(type='RandomStateHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,
+    # TF32 tensor cores for float32 matmuls on Ampere+ GPUs (tools/train.py sets torch's flags;
+    # PyTorch's default from 1.7 to 1.11, which DINO was developed on; DINOv2 sets it).
+    # False: strict float32.
+    allow_tf32=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
