@@ -3,7 +3,8 @@ default_scope = 'mmpretrain'
 custom_imports = dict(imports=['mmselfsup_vmf'], allow_failed_imports=False)
 
 default_hooks = dict(
-    runtime_info=dict(type='RuntimeInfoHook'),
+    # mmengine's RuntimeInfoHook, reading the loss terms only on logging iterations
+    runtime_info=dict(type='LoggedRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),

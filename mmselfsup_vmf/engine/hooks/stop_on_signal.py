@@ -33,10 +33,11 @@ import threading
 from typing import Optional
 
 from mmengine import dist
-from mmengine.hooks import CheckpointHook, Hook
+from mmengine.hooks import CheckpointHook, Hook, LoggerHook
 from mmengine.runner import BaseLoop, EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
+from ...models.losses.numerics import host_checks_are_free
 from ..atomic_file_backend import atomic_write_bytes
 from .all_ranks import barrier, before_save_all_ranks, global_max
 
@@ -106,7 +107,8 @@ class StopOnSignalHook(Hook):
         signals: the signals that stop training.
         check_interval: in a distributed run, iterations between two agreements of the ranks
             on a stop (one small all-reduce each, a host sync on GPUs); None: every iteration
-            on a CPU, every 10 on accelerators. A signal is served at most that many
+            on a CPU, the LoggerHook's interval on accelerators (the iterations that read the
+            device for the log anyway). A signal is served at most that many
             iterations late. A single process reads its own flag every iteration.
     """
 
@@ -151,8 +153,9 @@ class StopOnSignalHook(Hook):
             return
         self._owner_pid = os.getpid()
         if self.check_interval is None:
-            on_cpu = all(p.device.type == 'cpu' for p in runner.model.parameters())
-            self.check_interval = 1 if on_cpu else 10
+            on_cpu = all(host_checks_are_free(p) for p in runner.model.parameters())
+            loggers = [h.interval for h in runner.hooks if isinstance(h, LoggerHook)]
+            self.check_interval = 1 if on_cpu else (loggers[0] if loggers else 10)
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         loader = runner.train_dataloader
