@@ -16,8 +16,8 @@ overflow flag at every step unless the optimiser is fused (not covered here).
 """
 import os.path as osp
 import sys
-from collections import Counter
 import traceback
+from collections import Counter
 
 import pytest
 import torch
