@@ -95,7 +95,7 @@ def main(argv=None):
     cfg = merge_args(Config.fromfile(args.config), args)
     workers = cfg.get('train_dataloader', {}).get('num_workers', 0)
     print(set_torch_threads(args.threads, workers)[1], flush=True)
-    apply_tf32_switch(cfg)  # env_cfg.allow_tf32
+    apply_tf32_switch(cfg)  # allow_tf32
     note = prepare_distributed(cfg)
     if note:
         print(note, flush=True)

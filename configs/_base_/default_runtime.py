@@ -24,13 +24,13 @@ custom_hooks = [dict(type='RandomStateHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,
-    # TF32 tensor cores for float32 matmuls on Ampere+ GPUs (tools/train.py sets torch's flags;
-    # PyTorch's default from 1.7 to 1.11, which DINO was developed on; DINOv2 sets it).
-    # False: strict float32.
-    allow_tf32=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
+# TF32 tensor cores for float32 matmuls on Ampere+ GPUs (tools/train.py sets torch's flags;
+# PyTorch's default from 1.7 to 1.11, which DINO was developed on; DINOv2 sets it).
+# False: strict float32. (Not in env_cfg: FlexibleRunner passes env_cfg to its strategy.)
+allow_tf32 = True
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
 log_processor = dict(window_size=10)

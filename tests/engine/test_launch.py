@@ -46,16 +46,16 @@ def test_allow_tf32_sets_torchs_matmul_and_cudnn_flags(allow):
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not allow
         cfg = recipe()
-        assert cfg.env_cfg.allow_tf32 is True  # the recipes' default: TF32 for fp32 matmuls
-        cfg.env_cfg.allow_tf32 = allow
+        assert cfg.allow_tf32 is True  # the recipes' default: TF32 for fp32 matmuls
+        cfg.allow_tf32 = allow
         assert apply_tf32_switch(cfg) is allow
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (
             allow, allow)
-        del cfg.env_cfg['allow_tf32']  # absent: torch's flags are left as they are
+        cfg = Config(cfg.to_dict() | dict(allow_tf32=None))  # unset: torch's flags stay
         assert apply_tf32_switch(cfg) is None
         assert torch.backends.cuda.matmul.allow_tf32 is allow
-        cfg.env_cfg.allow_tf32 = 'yes'
-        with pytest.raises(ValueError, match=r"^env_cfg.allow_tf32 must be True or False, "
+        cfg.allow_tf32 = 'yes'
+        with pytest.raises(ValueError, match=r"^allow_tf32 must be True or False, "
                                              r"got 'yes'$"):
             apply_tf32_switch(cfg)
     finally:
