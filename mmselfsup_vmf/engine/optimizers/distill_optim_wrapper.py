@@ -22,7 +22,8 @@ from mmpretrain.registry import OPTIM_WRAPPERS
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ...models.losses.numerics import HOST_CHECK_DEVICES, host_checks_are_free
+from ...models.losses import numerics
+from ...models.losses.numerics import host_checks_are_free
 from ...models.utils.dist import local_shard
 
 
@@ -251,7 +252,8 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update_param)
         self._log_norms(logged)
-        if self.autocast_device in HOST_CHECK_DEVICES and self.loss_scaler.is_enabled():
+        if (self.autocast_device in numerics.HOST_CHECK_DEVICES  # looked up now (tests)
+                and self.loss_scaler.is_enabled()):
             # a skipped (overflow) step shows as a halved scale; reading it on a GPU would
             # wait for the optimiser step, so it is logged where that is free
             self.message_hub.update_scalar('train/loss_scale', self.loss_scaler.get_scale())
