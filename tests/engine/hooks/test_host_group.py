@@ -3,24 +3,21 @@
 ``global_max`` reduces a CPU tensor over it; with gloo the default group is used. Two gloo
 processes."""
 import os
-import socket
+import os.path as osp
+import sys
 import tempfile
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+                            'integration'))
+from test_fsdp2 import _free_port, init_gloo_rank  # noqa: E402
 
 
 def _worker(rank, world, port, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=world)
+    init_gloo_rank(rank, world, port, 'host_group')
     from mmselfsup_vmf.engine.hooks import all_ranks
     try:
         default = all_ranks.host_group()
