@@ -10,7 +10,7 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout
 import mmselfsup_vmf  # noqa: E402,F401  (shims + registration even without custom_imports)
 from mmselfsup_vmf.datasets.transforms import apply_device_crops_key  # noqa: E402
-from mmselfsup_vmf.engine.launch import prepare_distributed  # noqa: E402
+from mmselfsup_vmf.engine.launch import apply_tf32_switch, prepare_distributed  # noqa: E402
 from mmselfsup_vmf.engine.short_run import shorten_run  # noqa: E402
 from mmselfsup_vmf.engine.threads import set_torch_threads  # noqa: E402
 
@@ -95,6 +95,7 @@ def main(argv=None):
     cfg = merge_args(Config.fromfile(args.config), args)
     workers = cfg.get('train_dataloader', {}).get('num_workers', 0)
     print(set_torch_threads(args.threads, workers)[1], flush=True)
+    apply_tf32_switch(cfg)  # allow_tf32
     note = prepare_distributed(cfg)
     if note:
         print(note, flush=True)

@@ -3,7 +3,8 @@ default_scope = 'mmpretrain'
 custom_imports = dict(imports=['mmselfsup_vmf'], allow_failed_imports=False)
 
 default_hooks = dict(
-    runtime_info=dict(type='RuntimeInfoHook'),
+    # mmengine's RuntimeInfoHook, reading the loss terms only on logging iterations
+    runtime_info=dict(type='LoggedRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
@@ -26,6 +27,10 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
+# TF32 tensor cores for float32 matmuls on Ampere+ GPUs (tools/train.py sets torch's flags;
+# PyTorch's default from 1.7 to 1.11, which DINO was developed on; DINOv2 sets it).
+# False: strict float32. (Not in env_cfg: FlexibleRunner passes env_cfg to its strategy.)
+allow_tf32 = True
 vis_backends = [dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
 log_processor = dict(window_size=10)

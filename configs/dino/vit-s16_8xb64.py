@@ -27,7 +27,12 @@ model = dict(
 
 max_epochs = 800
 warmup_epochs = 10
-optim_wrapper = dict(optimizer=dict(lr=5e-4), clip_grad=None)  # DINO ViT-S: no clipping
+# fp16 autocast with dynamic loss scaling, as DINO's --use_fp16 default (mmengine's
+# AmpOptimWrapper on a GPU; on a CPU-only machine torch's CPU autocast and scaler, so tests
+# and smoke runs still work). fp32: optim_wrapper.type=DistillOptimWrapper (TF32 matmuls
+# unless allow_tf32=False); bf16: optim_wrapper.dtype=bfloat16.
+optim_wrapper = dict(type='AmpDistillOptimWrapper', dtype='float16', loss_scale='dynamic',
+                     optimizer=dict(lr=5e-4), clip_grad=None)  # DINO ViT-S: no clipping
 param_scheduler = [
     dict(type='LinspaceLR', start_factor=0.0, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),

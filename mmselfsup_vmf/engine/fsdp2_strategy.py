@@ -85,17 +85,30 @@ def self_distillation_units(model: nn.Module) -> List[nn.Module]:
     return units
 
 
+def _no_teacher_prefetch(backbone: nn.Module) -> None:
+    """In the backward FSDP2 prefetches, for each unit, the unit whose forward ended just
+    before its own. For the student's first block that is the teacher's last unit, which has
+    no backward: one wasted all-gather per step. Its backward is followed by the rest of the
+    student backbone (the patch embedding), gathered already, so prefetch that instead."""
+    blocks = getattr(backbone, 'layers', None)
+    if isinstance(blocks, nn.ModuleList) and len(blocks) and hasattr(
+            blocks[0], 'set_modules_to_backward_prefetch'):
+        blocks[0].set_modules_to_backward_prefetch([backbone])
+
+
 def shard_model(model: nn.Module, reshard_after_forward: bool = True,
                 student_reshard_after_forward: Optional[bool] = None,
                 **fsdp_kwargs) -> nn.Module:
     """Apply ``fully_shard`` to the units of ``model`` and then to the root (in place).
 
     ``student_reshard_after_forward`` (default: ``reshard_after_forward``) is used for the
-    student's units of a self-distillation model. The student's backbone runs once per crop
-    size; kept gathered after its forward (False, DINOv2's ``SHARD_GRAD_OP`` for the
-    student), each block is all-gathered once per step instead of once per call and once
-    more per backward. The teacher has no backward, so it reshards after its forward:
-    otherwise its parameters would stay gathered and the per-shard EMA could not run.
+    student's units of a self-distillation model. Kept gathered after its forward (False,
+    DINOv2's ``SHARD_GRAD_OP`` for the student), a student unit is all-gathered once per
+    step, not once more for its backward (a backbone that takes all crop sizes in one call,
+    ``MaskedViT``, calls each block once; with one call per size the backward of the
+    second call gathers the block again). The teacher has no backward, so it reshards after
+    its forward: otherwise its parameters would stay gathered and the per-shard EMA could
+    not run.
     """
     if hasattr(model, 'teacher') and hasattr(model, '_student_modules'):
         units = self_distillation_units(model)
@@ -113,6 +126,8 @@ def shard_model(model: nn.Module, reshard_after_forward: bool = True,
     for unit, reshard in zip(units, choices):
         fully_shard(unit, reshard_after_forward=reshard, **fsdp_kwargs)
     fully_shard(model, reshard_after_forward=reshard_after_forward, **fsdp_kwargs)
+    if hasattr(model, '_student_modules'):
+        _no_teacher_prefetch(model._student_modules()['backbone'])
     # FSDP2 makes the first module whose forward runs the root; a k-NN probe calling the
     # teacher backbone before the first training step would take that role and break the
     # training forward, so the root is fixed now (torch has no public call for this)

@@ -49,3 +49,21 @@ def prepare_distributed(cfg: Config, cuda: Optional[bool] = None) -> Optional[st
     return (f'no CUDA: distributed training over gloo on the CPU with '
             f'{torch_dist.get_world_size()} processes (env_cfg.dist_cfg.backend was '
             f'{backend!r})')
+
+
+def apply_tf32_switch(cfg: Config) -> Optional[bool]:
+    """Set torch's TF32 flags from the config key ``allow_tf32`` (None: leave torch's defaults).
+
+    True lets float32 matmuls and convolutions use TF32 tensor cores on Ampere and later
+    GPUs (10-bit mantissa products, float32 accumulation): PyTorch's default for matmuls
+    from 1.7 to 1.11 (DINO was developed on 1.7.1), and what DINOv2's ``train.py`` sets.
+    False keeps strict float32. Returns the value set.
+    """
+    allow = cfg.get('allow_tf32')
+    if allow is None:
+        return None
+    if not isinstance(allow, bool):
+        raise ValueError(f'allow_tf32 must be True or False, got {allow!r}')
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    return allow

@@ -35,3 +35,28 @@ def test_a_backend_that_needs_a_device_is_named():
     cfg.env_cfg.dist_cfg.backend = 'hccl'
     with pytest.raises(SystemExit, match=r"env_cfg.dist_cfg.backend='hccl' cannot run"):
         prepare_distributed(cfg, cuda=False)
+
+
+@pytest.mark.parametrize('allow', [True, False])
+def test_allow_tf32_sets_torchs_matmul_and_cudnn_flags(allow):
+    import torch
+
+    from mmselfsup_vmf.engine.launch import apply_tf32_switch
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not allow
+        cfg = recipe()
+        assert cfg.allow_tf32 is True  # the recipes' default: TF32 for fp32 matmuls
+        cfg.allow_tf32 = allow
+        assert apply_tf32_switch(cfg) is allow
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (
+            allow, allow)
+        cfg = Config(cfg.to_dict() | dict(allow_tf32=None))  # unset: torch's flags stay
+        assert apply_tf32_switch(cfg) is None
+        assert torch.backends.cuda.matmul.allow_tf32 is allow
+        cfg.allow_tf32 = 'yes'
+        with pytest.raises(ValueError, match=r"^allow_tf32 must be True or False, "
+                                             r"got 'yes'$"):
+            apply_tf32_switch(cfg)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

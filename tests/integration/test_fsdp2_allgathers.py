@@ -1,12 +1,13 @@
 """FSDP2 all-gathers and all-reduces per training step, counted in 2 gloo processes.
 
-The student's backbone runs once per crop size (global, then local crops). Resharding the
-student's blocks after each forward all-gathers every block twice in the forward and twice in
-the backward; kept gathered after the forward (``student_reshard_after_forward=False``, the
-default, DINOv2's ``SHARD_GRAD_OP``) a student unit is gathered once in the forward and at
-most once more in the backward (FSDP2 reshards it after the backward of its first call);
-each teacher unit once (one forward, no backward). Per-tensor clipping sums the shards'
-squared norms of all gradient tensors in one all-reduce."""
+The recipes' backbone (``MaskedViT``) takes both crop sizes in one call and runs each block
+once on both, so every student unit is called once per step. Kept gathered after the forward
+(``student_reshard_after_forward=False``, the default, DINOv2's ``SHARD_GRAD_OP``) a student
+unit is gathered once per step; resharded after the forward, once more for its backward;
+each teacher unit once (one forward, no backward). With one backbone call per crop size
+(mmpretrain's ``VisionTransformer``) the counts are higher: FSDP2 reshards a block after the
+backward of its first call, so the other call's backward gathers it again. Per-tensor
+clipping sums the shards' squared norms of all gradient tensors in one all-reduce."""
 import os
 import tempfile
 
@@ -63,8 +64,11 @@ def _worker(rank, world, port, out_dir):
     rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     out = {}
     try:
-        for keep in (False, True):
+        for keep, backbone in ((False, 'MaskedViT'), (True, 'MaskedViT'),
+                               (False, 'VisionTransformer')):
             cfg = method_cfg('dino', out_dir)  # per-tensor clipping
+            if backbone == 'MaskedViT':  # the recipes' backbone: both sizes in one call
+                cfg.model.backbone.update(type='MaskedViT', with_mask_token=False)
             strategy = FSDP2Strategy(
                 work_dir=out_dir, student_reshard_after_forward=keep, env_kwargs=dict(
                     launcher='pytorch', randomness=dict(seed=0),
@@ -76,7 +80,7 @@ def _worker(rank, world, port, out_dir):
             train_step(model, wrapper, views, masks, rows, 1)
             teacher = model.teacher.module
             units = [m for m in model.modules() if fully_shard_state(m) is not None]
-            out[keep] = dict(counts, student_units=sum(
+            out[keep, backbone] = dict(counts, student_units=sum(
                 1 for m in units if m is not model and not _inside(m, teacher)),
                 teacher_units=sum(1 for m in units if _inside(m, teacher)),
                 grads=sum(1 for p in model.parameters() if p.requires_grad))
@@ -100,14 +104,17 @@ def test_student_blocks_are_gathered_once_per_step_and_clipping_reduces_once():
     with tempfile.TemporaryDirectory() as out_dir:
         mp.spawn(_worker, nprocs=2, join=True, args=(2, _free_port(), out_dir))
         counts = torch.load(os.path.join(out_dir, 'counts.pt'))
-    kept, resharded = counts[False], counts[True]
+    kept, resharded = counts[False, 'MaskedViT'], counts[True, 'MaskedViT']
+    per_size = counts[False, 'VisionTransformer']
     print('all-gathers per step: student kept gathered', kept['all_gather'],
-          '| resharded after each forward', resharded['all_gather'])
+          '| resharded after each forward', resharded['all_gather'],
+          '| kept, one backbone call per crop size', per_size['all_gather'])
     student, teacher = kept['student_units'], kept['teacher_units']
-    # at most one gather per student unit in the forward and one in the backward; the head
-    # runs once (one call on every crop's CLS token), so one gather less than that
-    assert kept['all_gather'] <= teacher + 2 * student - 1, kept
-    # two forwards and their two backwards gather the student's units four times
-    assert resharded['all_gather'] >= kept['teacher_units'] + 3 * kept['student_units'], \
-        resharded
+    assert (student, teacher) == (4, 4), kept  # 2 blocks, the backbone's rest, the head
+    # each unit once: the student's in its forward (kept for the backward), the teacher's
+    assert kept['all_gather'] == teacher + student, kept
+    # resharded: the student's units once more for their backward
+    assert resharded['all_gather'] == teacher + 2 * student, resharded
+    # one call per crop size: the blocks are gathered again for the other call's backward
+    assert per_size['all_gather'] > kept['all_gather'], per_size
     assert kept['clip_all_reduce'] == resharded['clip_all_reduce'] == 1, counts

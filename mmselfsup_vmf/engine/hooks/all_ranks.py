@@ -12,6 +12,7 @@ before any of them raises, so all stop with the same message.
 from typing import Any, List
 
 import torch
+import torch.distributed as torch_dist
 from mmengine import dist
 
 from ...models.utils.dist import is_distributed
@@ -25,17 +26,29 @@ def before_save_all_ranks(runner) -> None:
             prepare(runner)
 
 
-def _reduce(value: int, op: str) -> int:
+def host_group():
+    """A gloo process group for host-side flags when the default backend is not gloo (NCCL
+    moves a CPU tensor to the GPU and back, a device sync); None (the default group)
+    otherwise. Every rank must call it, in the same order as its other group creations."""
+    if not is_distributed() or torch_dist.get_backend() == 'gloo':
+        return None
+    return torch_dist.new_group(backend='gloo')
+
+
+def _reduce(value: int, op: str, group=None) -> int:
     if not is_distributed():
         return int(value)
     flag = torch.tensor([int(value)], dtype=torch.long)
-    dist.all_reduce(flag, op=op)  # mmengine moves it to the backend's device and back
+    if group is not None:  # on the host: no device involved
+        torch_dist.all_reduce(flag, op=getattr(torch_dist.ReduceOp, op.upper()), group=group)
+    else:
+        dist.all_reduce(flag, op=op)  # mmengine moves it to the backend's device and back
     return int(flag.item())
 
 
-def global_max(value: int) -> int:
+def global_max(value: int, group=None) -> int:
     """The largest ``value`` over ranks (one small all-reduce; the value itself alone)."""
-    return _reduce(value, 'max')
+    return _reduce(value, 'max', group)
 
 
 def global_sum(value: int) -> int:

@@ -25,6 +25,7 @@ from mmengine.optim import OptimWrapperDict
 from mmpretrain.registry import HOOKS
 from mmpretrain.utils import get_ori_model
 
+from ...models.losses.numerics import host_checks_are_free
 from ...models.utils.dist import finite_flags, is_distributed, local_shard
 from .all_ranks import gather, global_max
 
@@ -111,7 +112,8 @@ class DivergenceGuardHook(Hook):
             loggers = [h for h in runner.hooks if isinstance(h, LoggerHook)]
             self.check_interval = loggers[0].interval if loggers else 50
         if self.read_every_iter is None:
-            self.read_every_iter = self._params[0].device.type == 'cpu' if self._params else True
+            self.read_every_iter = (host_checks_are_free(self._params[0]) if self._params
+                                    else True)
         checkpoint = [h for h in runner.hooks if isinstance(h, CheckpointHook)]
         self._ckpt_iter_interval = (checkpoint[0].interval if checkpoint
                                     and not checkpoint[0].by_epoch else None)

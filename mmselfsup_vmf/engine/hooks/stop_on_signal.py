@@ -16,8 +16,8 @@ A signal that arrives at the last iteration of an epoch is served after the epoc
 ignored: slurm signals every process of a job step and torchrun forwards the signal to its
 workers as well, so a worker under torchrun gets it twice (the scheduler's SIGKILL still
 follows its grace time). Data-loader workers ignore the signals (the trainer stops
-them). In distributed runs the ranks
-agree on the stop with one small all-reduce (MAX of the signal numbers) every
+them). In distributed runs the ranks agree on the stop with one small all-reduce (MAX of
+the signal numbers, on the host over gloo whatever the training backend) every
 ``check_interval`` iterations and at every epoch end, save together (every rank runs the
 hooks' ``before_save_all_ranks``, rank 0 writes) and wait for the file before any of them
 exits: a rank that exits first makes torchrun end the others, the writer included.
@@ -37,8 +37,9 @@ from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import BaseLoop, EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
+from ...models.losses.numerics import host_checks_are_free
 from ..atomic_file_backend import atomic_write_bytes
-from .all_ranks import barrier, before_save_all_ranks, global_max
+from .all_ranks import barrier, before_save_all_ranks, global_max, host_group
 
 MID_EPOCH_KEY = 'batches_done_in_epoch'
 
@@ -105,9 +106,10 @@ class StopOnSignalHook(Hook):
     Args:
         signals: the signals that stop training.
         check_interval: in a distributed run, iterations between two agreements of the ranks
-            on a stop (one small all-reduce each, a host sync on GPUs); None: every iteration
-            on a CPU, every 10 on accelerators. A signal is served at most that many
-            iterations late. A single process reads its own flag every iteration.
+            on a stop (one small all-reduce each, over a gloo group on the host, so it never
+            waits for the device); None: every iteration on a CPU, every 10 on
+            accelerators. A signal is served at most that many iterations late. A single
+            process reads its own flag every iteration.
     """
 
     priority = 'LOWEST'  # after every other after_train_iter: the state is complete
@@ -124,6 +126,7 @@ class StopOnSignalHook(Hook):
         self._epoch_start_iter = 0
         self._resumed_batches = 0
         self._owner_pid = None
+        self._host_group = False  # not created yet (None: the default group)
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum, frame) -> None:
@@ -151,8 +154,10 @@ class StopOnSignalHook(Hook):
             return
         self._owner_pid = os.getpid()
         if self.check_interval is None:
-            on_cpu = all(p.device.type == 'cpu' for p in runner.model.parameters())
+            on_cpu = all(host_checks_are_free(p) for p in runner.model.parameters())
             self.check_interval = 1 if on_cpu else 10
+        if self._host_group is False:  # once per hook, on every rank
+            self._host_group = host_group()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._on_signal)
         loader = runner.train_dataloader
@@ -172,7 +177,8 @@ class StopOnSignalHook(Hook):
             loader._iterator = None
 
     def _stop_requested(self) -> int:
-        return global_max(self._received or 0)  # the local flag without a process group
+        # the local flag without a process group
+        return global_max(self._received or 0, group=self._host_group or None)
 
     # ------------------------------------------------------------------ resume
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:

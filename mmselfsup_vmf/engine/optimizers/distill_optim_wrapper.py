@@ -12,7 +12,7 @@ before the step, as DINO's ``cancel_gradients_last_layer`` does (``grad = None``
 skips them entirely, weight decay included).
 """
 from contextlib import contextmanager
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as torch_dist
@@ -22,7 +22,8 @@ from mmpretrain.registry import OPTIM_WRAPPERS
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from ...models.losses.numerics import HOST_CHECK_DEVICES
+from ...models.losses import numerics
+from ...models.losses.numerics import host_checks_are_free
 from ...models.utils.dist import local_shard
 
 
@@ -95,6 +96,7 @@ class GradEditMixin:
         clip_grad = dict(clip_grad) if clip_grad else None
         self.per_tensor_max_norm = self.per_module_max_norm = None
         self.cancel_grads_of: List[torch.Tensor] = []
+        self.pending_scalars: Dict[str, torch.Tensor] = {}  # device values not yet logged
         kind = (clip_grad or {}).get('type')
         if kind in ('per_tensor', 'per_module'):
             if set(clip_grad) != {'type', 'max_norm'}:
@@ -144,10 +146,14 @@ class GradEditMixin:
 
     def _log_norms(self, logged: dict) -> None:
         # read only after the optimiser step is queued: reading before it would make the
-        # host wait for the backward pass before it can launch the step (mmengine's
-        # RuntimeInfoHook reads every loss term right after the step anyway)
+        # host wait for the backward pass before it can launch the step. On an accelerator
+        # the value stays on the device until LoggedRuntimeInfoHook reads it with the loss
+        # terms on a logging iteration.
         for key, value in logged.items():
-            self.message_hub.update_scalar(key, float(value))
+            if host_checks_are_free(value):
+                self.message_hub.update_scalar(key, float(value))
+            else:
+                self.pending_scalars[key] = value.detach()
 
     def _needs_edit(self) -> bool:
         return bool(self.per_tensor_max_norm or self.per_module_max_norm
@@ -246,7 +252,8 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
         self.loss_scaler.step(self.optimizer, **kwargs)
         self.loss_scaler.update(self._scale_update_param)
         self._log_norms(logged)
-        if self.autocast_device in HOST_CHECK_DEVICES and self.loss_scaler.is_enabled():
+        if (self.autocast_device in numerics.HOST_CHECK_DEVICES  # looked up now (tests)
+                and self.loss_scaler.is_enabled()):
             # a skipped (overflow) step shows as a halved scale; reading it on a GPU would
             # wait for the optimiser step, so it is logged where that is free
             self.message_hub.update_scalar('train/loss_scale', self.loss_scaler.get_scale())

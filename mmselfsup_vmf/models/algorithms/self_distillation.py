@@ -70,7 +70,7 @@ class TeacherEMA(CosineEMA):
             raise ValueError(f'TeacherEMA: update weight must be in [0, 1], got {momentum}')
         super().__init__(model, momentum=0.5, end_momentum=end_momentum, **kwargs)
         self.momentum = float(momentum)
-        self._host_steps: Optional[int] = None  # host copy of the ``steps`` buffer
+        self._host_steps: Optional[int] = 0  # host copy of the ``steps`` buffer (built as 0)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -294,24 +294,40 @@ class SelfDistillation(BaseSelfSupervisor):
               mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Backbone (+ neck) features of one batch of same-size crops -> (CLS, patches)."""
         backbone = modules['backbone']
-        out = backbone(x) if mask is None else backbone(x, mask=mask)
+        return self._tokens(modules, backbone(x) if mask is None else backbone(x, mask=mask))
+
+    def _tokens(self, modules: nn.ModuleDict, out) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if 'neck' in modules:
             out = modules['neck'](out)
         out = out[-1] if isinstance(out, (tuple, list)) else out
-        return split_tokens(out, getattr(backbone, 'num_extra_tokens', 1))
+        return split_tokens(out, getattr(modules['backbone'], 'num_extra_tokens', 1))
+
+    def embed_groups(self, modules: nn.ModuleDict, batches: List[torch.Tensor],
+                     masks: List[Optional[torch.Tensor]]) -> List[Tuple]:
+        """(CLS, patches) of each batch; a backbone that takes lists (``MaskedViT``) runs all
+        batches in one call, each block on every batch in turn (one FSDP2 gather per block)."""
+        backbone = modules['backbone']
+        if len(batches) > 1 and getattr(backbone, 'takes_crop_lists', False):
+            outs = backbone(batches, mask=masks if any(m is not None for m in masks) else None)
+            return [self._tokens(modules, out) for out in outs]
+        return [self.embed(modules, x, m) for x, m in zip(batches, masks)]
 
     def embed_views(self, modules: nn.ModuleDict, views: Sequence[torch.Tensor],
                     masks: Optional[Sequence[torch.Tensor]] = None):
-        """Run consecutive same-size views in one call; returns per-view (CLS, patches)."""
-        cls_out, patch_out = [], []
-        for start, end in group_by_size(views):
-            x = torch.cat(list(views[start:end]))
+        """Run consecutive same-size views as one batch; returns per-view (CLS, patches)."""
+        runs = group_by_size(views)
+        batches, batch_masks = [], []
+        for start, end in runs:
+            batches.append(torch.cat(list(views[start:end])))
             m = None
             if masks is not None and start < len(masks):
                 if end > len(masks):
                     raise ValueError('masks must cover whole groups of same-size views')
                 m = torch.cat(list(masks[start:end]))
-            cls, patches = self.embed(modules, x, m)
+            batch_masks.append(m)
+        cls_out, patch_out = [], []
+        for (start, end), (cls, patches) in zip(runs, self.embed_groups(modules, batches,
+                                                                        batch_masks)):
             cls_out.extend(cls.chunk(end - start))
             patch_out.extend([None] * (end - start) if patches is None else
                              patches.chunk(end - start))

@@ -11,16 +11,22 @@ Token layout (L = 1 + R + N): ``[CLS, reg_1..reg_R, patch_1..patch_N]``.
   exactly mmpretrain's ``VisionTransformer`` plus one unused parameter.
 * ``num_extra_tokens = 1 + R`` (CLS + registers), so ``out_type`` 'featmap' /
   'avg_featmap' and ``x[:, num_extra_tokens:]`` select the patch tokens.
+* Crops of several sizes in one call (DINOv2's ``forward_features_list``): given a list of
+  batches, each block runs on every batch before the next block. Every block is then called
+  once per step, so FSDP2 gathers its shards once (per-size calls gather them again for the
+  backward of each further size). The arithmetic per batch is the per-size call's; only
+  drop-path draws its random masks in another order (block-major), with the same law.
 """
 import math
 from contextlib import contextmanager
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 from mmpretrain.models.backbones import VisionTransformer
+from mmpretrain.models.backbones.vision_transformer import TransformerEncoderLayer
 from mmpretrain.models.utils import resize_pos_embed
 from mmpretrain.registry import MODELS
 
@@ -62,6 +68,16 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, src_shape, dst_shape, mode: s
     return torch.cat((extra, grid), dim=1)
 
 
+class MultiSizeEncoderLayer(TransformerEncoderLayer):
+    """mmpretrain's ViT block, which also takes a list of token batches (lengths may differ)
+    and returns the list of its outputs; the parameters and their names are the block's."""
+
+    def forward(self, x):
+        if isinstance(x, (list, tuple)):
+            return [super(MultiSizeEncoderLayer, self).forward(t) for t in x]
+        return super().forward(x)
+
+
 @MODELS.register_module()
 class MaskedViT(VisionTransformer):
     """mmpretrain ``VisionTransformer`` with a mask token, registers and uniform drop-path.
@@ -82,7 +98,12 @@ class MaskedViT(VisionTransformer):
             :func:`interpolate_pos_embed`.
         with_mask_token (bool): False for methods that never mask (DINO, SimDINO), so that
             no parameter goes unused under DDP; exports drop ``mask_token`` either way.
+
+    ``forward`` also takes a list of image batches (and a list of masks, None where a batch
+    has none) and returns one output tuple per batch: all crop sizes in one call.
     """
+
+    takes_crop_lists = True
 
     def __init__(self,
                  arch='base',
@@ -122,6 +143,9 @@ class MaskedViT(VisionTransformer):
             self.register_tokens = None
         if self.frozen_stages > 0:
             self._freeze_stages()
+        for layer in self.layers:
+            if type(layer) is TransformerEncoderLayer:  # the same module, list-aware forward
+                layer.__class__ = MultiSizeEncoderLayer
 
     def _uniform_drop_path_cfgs(self, arch, layer_cfgs, drop_path_rate):
         """Per-layer cfgs that override the linear drop-path rule with a constant rate."""
@@ -204,18 +228,36 @@ class MaskedViT(VisionTransformer):
         x = self.drop_after_pos(x)
         return self.pre_norm(x), patch_resolution
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
+    def forward(self, x: Union[torch.Tensor, Sequence[torch.Tensor]],
+                mask: Union[torch.Tensor, Sequence[Optional[torch.Tensor]], None] = None):
         """As ``VisionTransformer.forward``; where ``mask`` (B, h, w)/(B, N) is True the patch
-        embedding is replaced by ``mask_token``."""
-        x, patch_resolution = self.prepare_tokens(x, mask)
-        outs = []
+        embedding is replaced by ``mask_token``. A list ``x`` (with a list ``mask`` or None)
+        gives a list of output tuples, one per batch, each block running on every batch in
+        turn."""
+        if not isinstance(x, (list, tuple)):
+            return self.forward_list([x], None if mask is None else [mask])[0]
+        return self.forward_list(x, mask)
+
+    def forward_list(self, xs: Sequence[torch.Tensor],
+                     masks: Optional[Sequence[Optional[torch.Tensor]]] = None) -> List[tuple]:
+        masks = [None] * len(xs) if masks is None else list(masks)
+        if len(masks) != len(xs):
+            raise ValueError(f'{len(masks)} masks for {len(xs)} image batches; give one per '
+                             'batch (None for a batch without a mask)')
+        prepared = [self.prepare_tokens(x, m) for x, m in zip(xs, masks)]
+        tokens = [t for t, _ in prepared]
+        outs = [[] for _ in xs]
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            if len(tokens) > 1 and isinstance(layer, MultiSizeEncoderLayer):
+                tokens = layer(tokens)  # one call of the block for all batches
+            else:
+                tokens = [layer(t) for t in tokens]
             if i == len(self.layers) - 1 and self.final_norm:
-                x = self.ln1(x)
+                tokens = [self.ln1(t) for t in tokens]
             if i in self.out_indices:
-                outs.append(self._format_output(x, patch_resolution))
-        return tuple(outs)
+                for out, t, (_, grid) in zip(outs, tokens, prepared):
+                    out.append(self._format_output(t, grid))
+        return [tuple(out) for out in outs]
 
     @torch.no_grad()
     def get_last_selfattention(self, x: torch.Tensor,

@@ -134,8 +134,12 @@ def test_student_sees_masked_globals_teacher_unmasked_globals_only():
     calls = {'student': [], 'teacher': []}
 
     def spy(name):
-        def hook(module, args, kwargs):
-            calls[name].append((tuple(args[0].shape), kwargs.get('mask')))
+        def hook(module, args, kwargs):  # a list of crop batches: one entry per batch
+            batches, masks = args[0], kwargs.get('mask')
+            if isinstance(batches, torch.Tensor):
+                batches, masks = [batches], [masks]
+            calls[name].extend((tuple(b.shape), m) for b, m in
+                               zip(batches, masks or [None] * len(batches)))
         return hook
 
     model.backbone.register_forward_pre_hook(spy('student'), with_kwargs=True)
