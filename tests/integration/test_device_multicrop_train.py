@@ -1,6 +1,6 @@
 """Training through MultiCropDataPreprocessor (multi-crop on the device): the DINO demo
-config with device crops trains (finite losses, the teacher moves), iBOT's masks come with
-``MaskedMultiCropDataPreprocessor``, and a resumed run is bitwise the straight one (the
+config with device crops trains (finite losses, the teacher moves), iBOT's masks come from
+the loader through ``MaskedMultiCropDataPreprocessor``, and a resumed run is bitwise the straight one (the
 crops depend on (seed, epoch, sample index) only)."""
 import torch
 from mmengine.runner import Runner
@@ -59,9 +59,13 @@ def test_ibot_masks_with_device_crops(tmp_path):
         local_size=14, local_scale=(0.1, 0.4), interpolation='bilinear')
     cfg.train_dataloader.dataset.dataset.pipeline = [
         dict(type='DeviceMultiCropInput', size=28), DEVICE_PIPELINE[1]]
+    cfg.train_dataloader.collate_fn.global_size = 28  # what use_device_crops sets
     runner, batches = train(cfg)
     samples = batches[0]['data_samples']
     assert samples[0].mask.shape == (2, 4, 4) and samples[0].mask.dtype == torch.bool
+    # the masks are the loader's (masked_collate), not drawn by the data preprocessor
+    loader_masks = next(iter(runner.train_dataloader))['masks']
+    assert torch.equal(torch.stack([s.mask for s in samples]), loader_masks)
     assert torch.isfinite(torch.tensor(runner.message_hub.log_scalars['train/loss'].current()))
 
 

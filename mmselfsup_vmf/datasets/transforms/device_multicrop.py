@@ -52,7 +52,7 @@ class DeviceMultiCropInput(BaseTransform):
 
 
 # the data preprocessor of each method's CPU recipe -> the one that makes the crops on its
-# device (masks included: MaskedMultiCropDataPreprocessor draws them as its parent does)
+# device (the masks still come from the loader's masked_collate)
 DEVICE_PREPROCESSORS = {'SelfSupDataPreprocessor': 'MultiCropDataPreprocessor',
                         'MaskedSelfSupDataPreprocessor': 'MaskedMultiCropDataPreprocessor'}
 DEVICE_CROPS_VALUES = (True, 'cpu')
@@ -78,7 +78,8 @@ def use_device_crops(cfg, check_device: bool = True):
     ``img_shape`` and ``aug_seed``; ``model.data_preprocessor`` becomes
     ``MultiCropDataPreprocessor(**kw, ...)`` (``MaskedMultiCropDataPreprocessor`` for the
     masked methods), keeping its own arguments (mean, std, to_rgb, masks). Same laws, same
-    arguments: only where the crops are made changes.
+    arguments: only where the crops are made changes. A ``masked_collate`` keeps drawing the
+    masks in the loader, told the global crops' size.
 
     ``cfg.device_crops``: ``True`` requires an accelerator (the crops would otherwise run in
     the training process on the CPU, slower than in the loader workers); ``'cpu'`` allows
@@ -121,6 +122,10 @@ def use_device_crops(cfg, check_device: bool = True):
         raise ValueError(f'device_crops: model.data_preprocessor type {pre.get("type")!r} has '
                          f'no device counterpart (known: {tuple(DEVICE_PREPROCESSORS)})')
     pre.update(crop, type=DEVICE_PREPROCESSORS[pre['type']])
+    collate = cfg.train_dataloader.get('collate_fn')
+    if isinstance(collate, dict) and collate.get('type') == 'masked_collate':
+        # the loader now sees whole images: the masks' grid comes from the crop size
+        collate['global_size'] = crop.get('global_size', 224)
     cfg.device_crops = mode  # the dumped config says the switch was applied
     return cfg
 

@@ -44,6 +44,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
     Args:
         blur: ``'pil'`` (DINO: sigma ~ U[0.1, 2], 13-tap kernel) or ``'kernel9'`` (DINOv2).
         color_jitter, color_jitter_prob, grayscale_prob, flip_prob: as ``MultiCrop``.
+        non_blocking: copy the batch to the device without waiting (pinned memory).
         **kwargs: ``SelfSupDataPreprocessor`` arguments (mean, std, to_rgb).
     """
 
@@ -55,8 +56,8 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                  interpolation: str = 'bicubic', blur: str = 'pil',
                  color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
                  color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
-                 flip_prob: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
+                 flip_prob: float = 0.5, non_blocking: bool = True, **kwargs):
+        super().__init__(non_blocking=non_blocking, **kwargs)
         try:
             from kornia import augmentation as K
         except ImportError as exc:
