@@ -1,7 +1,7 @@
 """Training through MultiCropDataPreprocessor (multi-crop on the device): the DINO demo
 config with device crops trains (finite losses, the teacher moves), iBOT's masks come from
-the loader through ``MaskedMultiCropDataPreprocessor``, and a resumed run is bitwise the straight one (the
-crops depend on (seed, epoch, sample index) only)."""
+the loader through ``MaskedMultiCropDataPreprocessor``, and a resumed run is bitwise the
+straight one (the crops depend on (seed, epoch, sample index) only)."""
 import torch
 from mmengine.runner import Runner
 from test_resume_exact import EPOCHS, ITERS, assert_bitwise_equal, final_state, run
