@@ -1,16 +1,23 @@
-"""Host (CPU) time per training step that the data preprocessor spends on the masks of the
-global views: drawn in the training process (a batch without masks) against copied from
-the batch that ``masked_collate`` made in a loader worker.
+"""Host (CPU) time per training step that the data preprocessor spends on random draws:
+made in the training process against taken from what the loader workers drew.
 
-Each masked ImageNet recipe at its per-GPU batch: the preprocessor of the recipe, fed
-zero-filled global views of the recipe's size (the masks read only their shape). Median of
-``--rounds`` steps of each kind, interleaved; process CPU time (``time.process_time``).
+* masks of the global views (iBOT, SimDINOv2 ImageNet recipes at their per-GPU batch): drawn
+  by the preprocessor (a batch without masks) against the batch's ``masks`` from
+  ``masked_collate``, fed zero-filled global views of the recipe's size (the masks read
+  only their shape);
+* the device crops' per-view parameters (``imagenet_multicrop_device.py``, batch 64, 384 px
+  inputs): drawn from each sample's ``aug_seed`` against stacking the ``crop_params`` that
+  ``DeviceMultiCropInput`` drew.
+
+Median of ``--rounds`` steps of each kind, interleaved; process CPU time.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mask_host.py --out results.json
 """
 import argparse
 import json
+import os
 import os.path as osp
+import platform
 import statistics
 import sys
 import time
@@ -56,19 +63,54 @@ def measure(path, rounds):
                 from_loader_ms=statistics.median(copied))
 
 
+def measure_crop_params(rounds, batch=64, size=384):
+    from mmpretrain.registry import MODELS
+    from mmpretrain.structures import DataSample
+
+    from mmselfsup_vmf.models.utils.multicrop_params import draw_sample_params
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/_base_/datasets/imagenet_multicrop_device.py'))
+    pre = MODELS.build(cfg.data_preprocessor)
+    seeds = [DataSample(metainfo=dict(aug_seed=i, img_shape=(size, size))) for i in range(batch)]
+    drawn = [DataSample(metainfo=dict(crop_params=draw_sample_params(
+        i, size, size, pre.view_laws, **pre.draw_kwargs))) for i in range(batch)]
+    in_process, stacked = [], []
+    for _ in range(rounds):
+        in_process.append(cpu_ms(lambda: pre.draw_params(seeds, size, size)))
+        stacked.append(cpu_ms(lambda: pre.draw_params(drawn, size, size)))
+    return dict(config='configs/_base_/datasets/imagenet_multicrop_device.py', batch=batch,
+                views=len(pre.view_laws), in_training_process_ms=statistics.median(in_process),
+                from_loader_ms=statistics.median(stacked))
+
+
+def cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--rounds', type=int, default=20)
     parser.add_argument('--out', help='JSON file for the rows')
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = {name: measure(path, args.rounds) for name, path in RECIPES.items()}
+    rows = {f'{name} masks': measure(path, args.rounds) for name, path in RECIPES.items()}
+    rows['device crop parameters'] = measure_crop_params(args.rounds)
     for name, row in rows.items():
-        print(f"{name}: masks drawn in the training process {row['in_training_process_ms']:.2f}"
+        print(f"{name}: drawn in the training process {row['in_training_process_ms']:.2f}"
               f" ms/step, from the loader {row['from_loader_ms']:.3f} ms/step")
     if args.out:
+        meta = dict(command='OMP_NUM_THREADS=1 python benchmarks/bench_mask_host.py '
+                    + ' '.join(argv if argv is not None else sys.argv[1:]),
+                    date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+                    machine=f'{cpu_model()}, '
+                            f'{os.cpu_count()} cores, torch {torch.__version__}',
+                    load_average=os.getloadavg(), unit='CPU ms per training step (median)')
         with open(args.out, 'w') as f:
-            json.dump(rows, f, indent=1)
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
     return rows
 
 
