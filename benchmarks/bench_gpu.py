@@ -35,6 +35,7 @@ from datetime import date
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from gpu_bench_parts import (  # noqa: E402
     DTYPES,
@@ -53,6 +54,11 @@ from mmpretrain.structures import DataSample  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import mmselfsup_vmf  # noqa: E402,F401
+from mmselfsup_vmf.models.utils.masking import (  # noqa: E402
+    global_grid,
+    global_view_masks,
+    mask_law,
+)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COMPILE_DEFAULT = ('configs/dino/vit-s16_8xb64.py', 'configs/simdinov2/vit-b16_8xb128.py')
@@ -63,12 +69,22 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def staged_batch(sizes, batch, device, seed=0):
-    """uint8 views on the device, made once (what a pinned loader copy delivers)."""
+def staged_batch(sizes, batch, device, seed=0, model_cfg=None):
+    """uint8 views on the device, made once (what a pinned loader copy delivers), with the
+    masks ``masked_collate`` would deliver when ``model_cfg`` masks its global views."""
     gen = torch.Generator().manual_seed(seed)
     views = [torch.randint(0, 256, (batch, 3, s, s), generator=gen, dtype=torch.uint8)
              .to(device) for s in sizes]
-    return dict(inputs=views, data_samples=[DataSample() for _ in range(batch)])
+    data = dict(inputs=views, data_samples=[DataSample() for _ in range(batch)])
+    pre = (model_cfg or {}).get('data_preprocessor') or {}
+    if str(pre.get('type', '')).startswith('Masked'):
+        keys = ('patch_size', 'num_global_views', 'mask_mode', 'mask_cfg', 'mask_start_epoch')
+        law = mask_law(**{k: pre[k] for k in keys if k in pre})
+        masks = global_view_masks(batch, global_grid(sizes[0], sizes[0], law['patch_size']),
+                                  law['num_global_views'], law['mask_mode'],
+                                  np.random.default_rng(seed), **law['mask_cfg'])
+        data.update(masks=torch.from_numpy(masks).to(device), mask_law=law)
+    return data
 
 
 def build(model_cfg, wrapper_cfg, device):
@@ -106,7 +122,7 @@ def step_row(cfg_path, precision, compiled, args):
     model = wrapper = None
     try:
         model, wrapper = build(model_cfg, wrapper_cfg, args.device)
-        data = staged_batch(sizes, batch, args.device)
+        data = staged_batch(sizes, batch, args.device, model_cfg=model_cfg)
         if args.device.startswith('cuda'):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()

@@ -24,11 +24,13 @@ same ImageNet-sized JPEGs (scikit-image's colour photos, resized and cropped to 
 ``--methods`` instead measures each method's ImageNet recipe (``--demo``: its Fashion-MNIST
 demo config) with its CPU ``MultiCrop`` and with the crops on the device
 (``use_device_crops``): per image, the loader's CPU time (decode or ``SeededDataset``,
-pipeline, collate) and the data preprocessor's (on this CPU; masks included).
+pipeline, the config's collate function, which draws the masks) and the data
+preprocessor's (on this CPU).
 
     python benchmarks/bench_multicrop.py --methods [--demo] [--rounds 5]
 """
 import argparse
+import functools
 import importlib
 import io
 import json
@@ -187,16 +189,19 @@ def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
             else:
                 pipeline = Compose([t for t in transforms if t['type'] != 'LoadImageFromFile'])
             preprocessor = MODELS.build(cfg.model.data_preprocessor)
+            collate = recipe_collate(cfg)
             loader, model = [], []
             for r in range(rounds + 1):  # round 0 warms up (first calls allocate)
                 start = time.process_time()
+                keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
                 if demo:
-                    keys = [(i, r, 0) for i in range(batch_size * r, batch_size * (r + 1))]
-                    batch = default_collate([dataset[k] for k in keys])
+                    batch = collate([dataset[k] for k in keys])
                 else:
-                    batch = default_collate([
-                        pipeline(dict(img=mmcv.imfrombytes(jpegs[(r + i) % len(jpegs)])))
-                        for i in range(batch_size)])
+                    samples = [pipeline(dict(img=mmcv.imfrombytes(jpegs[(r + i) % len(jpegs)])))
+                               for i in range(batch_size)]
+                    for key, sample in zip(keys, samples):  # what SeededDataset records
+                        sample['data_samples'].set_metainfo(dict(sample_key=key))
+                    batch = collate(samples)
                 loader.append((time.process_time() - start) / batch_size)
                 start = time.process_time()
                 preprocessor(batch, True)
@@ -204,6 +209,18 @@ def method_costs(demo: bool, rounds: int, batch_size: int) -> dict:
             costs[(method, crops)] = (statistics.median(loader[1:]),
                                       statistics.median(model[1:]))
     return costs
+
+
+def recipe_collate(cfg):
+    """The config's ``train_dataloader.collate_fn`` (``masked_collate`` for the masked
+    methods: their masks are drawn in the loader), as ``Runner.build_dataloader`` builds it."""
+    from mmengine.registry import FUNCTIONS
+
+    from mmselfsup_vmf.scoped_collate import resolve_collate_scope
+    collate = dict(resolve_collate_scope(cfg.train_dataloader)['collate_fn'])
+    function = collate.pop('type')
+    function = FUNCTIONS.get(function) if isinstance(function, str) else function
+    return functools.partial(function, **collate)
 
 
 def main(argv=None):

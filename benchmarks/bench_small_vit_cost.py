@@ -34,6 +34,7 @@ def measure(method, patch, width, depth, num_local, local_size, iters=12):
     model_cfg.head.in_channels = width
     if 'patch_size' in model_cfg.data_preprocessor:
         model_cfg.data_preprocessor.patch_size = patch
+        cfg.train_dataloader.collate_fn.patch_size = patch  # the loader draws the masks
     crop = cfg.train_dataloader.dataset.dataset.pipeline[0]
     crop.num_local, crop.local_size = num_local, local_size
     loader_cfg = copy.deepcopy(cfg.train_dataloader)

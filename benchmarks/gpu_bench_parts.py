@@ -110,7 +110,7 @@ def runner_row(cfg_path, precision, args, bare_ms):
     """mmengine's Runner with the recipe's hooks, over the staged batch, per step."""
     from bench_gpu import staged_batch
     cfg, sizes, batch = load(cfg_path, args.tiny)
-    staged = staged_batch(sizes, batch, args.device)
+    staged = staged_batch(sizes, batch, args.device, model_cfg=cfg.model)
     steps = args.warmup + args.iters
     loader = torch.utils.data.DataLoader(range(steps * batch), batch_size=batch,
                                          collate_fn=lambda _: dict(staged))
@@ -233,7 +233,7 @@ def _ddp_worker(rank, port, cfg_path, precision, args, out):
     model_cfg, wrapper_cfg, sizes, batch = setting(cfg_path, args.tiny, precision, None)
     model, wrapper = build(model_cfg, wrapper_cfg, device)
     ddp = MMDistributedDataParallel(module=model, device_ids=[rank] if cuda else None)
-    data = staged_batch(sizes, batch, device, seed=rank)
+    data = staged_batch(sizes, batch, device, seed=rank, model_cfg=model_cfg)
     for i in range(args.warmup + args.iters):
         if i == args.warmup:
             sync(args.device)

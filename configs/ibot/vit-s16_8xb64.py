@@ -6,6 +6,10 @@
 # the ImageNet multi-crop base). Total batch 8 x 64 = 512 (published 16 x 64); auto_scale_lr.
 _base_ = '../dino/vit-s16_8xb64.py'
 num_prototypes = 8192
+mask_args = dict(
+    patch_size=16, num_global_views=2, mask_mode='ibot',
+    mask_cfg=dict(pred_ratio=(0.0, 0.3), pred_ratio_var=(0.0, 0.2), pred_shape='block'),
+    mask_start_epoch=0)
 model = dict(
     type='iBOT',
     # mask_token_std=0: iBOT leaves its mask embedding at zero
@@ -20,11 +24,9 @@ model = dict(
     shared_head_teacher=True,
     lambda_cls=1.0,
     lambda_patch=1.0,
-    data_preprocessor=dict(
-        type='MaskedSelfSupDataPreprocessor', patch_size=16, num_global_views=2,
-        mask_mode='ibot',
-        mask_cfg=dict(pred_ratio=(0.0, 0.3), pred_ratio_var=(0.0, 0.2), pred_shape='block'),
-        mask_start_epoch=0))
+    data_preprocessor=dict(type='MaskedSelfSupDataPreprocessor', **mask_args))
+# the loader workers draw the masks (masked_collate); the data preprocessor checks the law
+train_dataloader = dict(collate_fn=dict(type='masked_collate', **mask_args))
 
 max_epochs = 800
 warmup_epochs = 10

@@ -8,6 +8,8 @@ _base_ = [
     '../_base_/schedules/demo_adamw_3e.py',
     '../_base_/demo_runtime.py',
 ]
+mask_args = dict(patch_size=7, mask_mode='stratified',
+                 mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)))
 model = dict(
     type='SimDINOv2',
     backbone=dict(type='MaskedViT', img_size=28, patch_size=7, out_type='raw',
@@ -20,9 +22,10 @@ model = dict(
     patch_loss_weight=1.0,
     teacher_momentum=0.9,  # the SimDINOv2 schedule 0.9 -> 1
     data_preprocessor=dict(
-        type='MaskedSelfSupDataPreprocessor', patch_size=7, mask_mode='stratified',
-        mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)),
-        mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0], to_rgb=False))
+        type='MaskedSelfSupDataPreprocessor', mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0],
+        to_rgb=False, **mask_args))
+# the loader workers draw the masks (masked_collate); the data preprocessor checks the law
+train_dataloader = dict(collate_fn=dict(type='masked_collate', **mask_args))
 
 max_epochs = 3
 optim_wrapper = dict(

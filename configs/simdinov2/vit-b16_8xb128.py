@@ -12,6 +12,8 @@ _base_ = [
     '../_base_/schedules/adamw_coslr_coswd.py',
     '../_base_/default_runtime.py',
 ]
+mask_args = dict(patch_size=16, num_global_views=2, mask_mode='stratified',
+                 mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)))
 model = dict(
     type='SimDINOv2',
     backbone=dict(type='MaskedViT', arch='base', img_size=224, patch_size=16, out_type='raw',
@@ -26,9 +28,8 @@ model = dict(
     teacher_momentum=0.9,
     backbone_init='dinov2',  # DINOv2's trunc-normal(0.02) linears, CLS token normal(1e-6)
     data_preprocessor=dict(
-        type='MaskedSelfSupDataPreprocessor', patch_size=16, num_global_views=2,
-        mask_mode='stratified', mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)),
-        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True))
+        type='MaskedSelfSupDataPreprocessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], to_rgb=True, **mask_args))
 
 # DINOv2 augmentations with SimDINOv2's crop scales (0.4-1 / 0.05-0.4): torchvision's
 # kernel-9 Gaussian blur (blur='kernel9') with the probabilities as intended (1.0 / 0.1 /
@@ -40,7 +41,9 @@ train_pipeline = [
          local_blur_prob=0.5, solarize_prob=0.2, interpolation='bicubic', blur='kernel9'),
     dict(type='PackInputs'),
 ]
-train_dataloader = dict(batch_size=128, dataset=dict(dataset=dict(pipeline=train_pipeline)))
+# the loader workers draw the masks (masked_collate); the data preprocessor checks the law
+train_dataloader = dict(batch_size=128, collate_fn=dict(type='masked_collate', **mask_args),
+                        dataset=dict(dataset=dict(pipeline=train_pipeline)))
 
 max_epochs = 100
 warmup_epochs = 10

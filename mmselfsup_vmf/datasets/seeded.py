@@ -4,7 +4,8 @@ mmengine seeds each dataloader worker once (with no epoch in the seed) and resto
 on resume, so crops would repeat across epochs with re-created workers and differ between a
 straight and a resumed run. ``EpochIndexSampler`` yields ``(index, epoch, seed)`` keys and
 ``SeededDataset`` runs the wrapped pipeline under RNGs seeded from that key, restoring the
-process RNGs afterwards, whatever the number of workers.
+process RNGs afterwards, whatever the number of workers. The key is recorded in the data
+sample's metainfo (``sample_key``), from which ``masked_collate`` seeds a batch's masks.
 """
 import itertools
 import random
@@ -124,6 +125,7 @@ class SeededDataset:
                 continue
             if tried != index:
                 self.mark_replaced(sample, index, first_error)
+            self.add_metainfo(sample, dict(sample_key=(index, epoch, seed)))
             return sample
         raise OSError(f'cannot read sample {index} nor {self.max_attempts} replacements '
                       f'(first: {first_error[1]})')
@@ -137,8 +139,13 @@ class SeededDataset:
         return str(info.get('img_path', f'sample {index}'))
 
     @staticmethod
-    def mark_replaced(sample, index: int, error: Tuple[str, str]) -> None:
+    def add_metainfo(sample, info: dict) -> None:
+        """Adds ``info`` to the sample's data sample, if it has one."""
         data_sample = sample.get('data_samples') if isinstance(sample, dict) else None
         if data_sample is not None and hasattr(data_sample, 'set_metainfo'):
-            data_sample.set_metainfo(dict(unreadable_sample=error[0], unreadable_error=error[1],
-                                          unreadable_index=index))
+            data_sample.set_metainfo(info)
+
+    @classmethod
+    def mark_replaced(cls, sample, index: int, error: Tuple[str, str]) -> None:
+        cls.add_metainfo(sample, dict(unreadable_sample=error[0], unreadable_error=error[1],
+                                      unreadable_index=index))

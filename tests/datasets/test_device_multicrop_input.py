@@ -1,6 +1,7 @@
 """DeviceMultiCropInput, the loader side of multi-crop on the device: one area resize that
 keeps the aspect ratio (checked against OpenCV directly), zero padding, and an augmentation
-seed that is a function of (seed, epoch, index) under SeededDataset."""
+seed that is a function of (seed, epoch, index) under SeededDataset, and the views' parameters
+drawn in the loader (the data preprocessor only stacks them)."""
 import cv2
 import numpy as np
 import pytest
@@ -39,3 +40,43 @@ def test_seed_is_a_function_of_seed_epoch_index():
     np.random.rand(7)
     assert seed(3, 0, 5) == first
     assert len({first, seed(3, 1, 5), seed(4, 0, 5), seed(3, 0, 6)}) == 4
+
+
+def test_views_from_the_loaders_parameters_equal_views_drawn_in_the_training_process(
+        monkeypatch):
+    """The loader draws every view's parameters (``crop_params``); the data preprocessor
+    then draws nothing, and its views are bitwise those it makes when it draws them itself
+    from the samples' ``aug_seed`` (the path of a loader without the laws)."""
+    import torch
+    from mmengine.dataset import default_collate
+    from mmpretrain.registry import MODELS
+
+    from mmselfsup_vmf.models.utils import multicrop_preprocessor
+    pytest.importorskip('kornia', reason='the device path needs kornia')
+    laws = dict(num_global=2, num_local=2, global_size=16, local_size=8,
+                global_scale=(0.4, 1.0), local_scale=(0.1, 0.4))
+    pipeline = [dict(type='DeviceMultiCropInput', size=16, **laws),
+                dict(type='PackInputs', meta_keys=('img_shape', 'aug_seed', 'crop_params'))]
+    ds = DATASETS.build(dict(type='SeededDataset', dataset=dict(
+        type='SklearnDigits', image_size=16, num_train=8, pipeline=pipeline)))
+    pre = MODELS.build(dict(type='MultiCropDataPreprocessor', mean=[0.0] * 3, std=[1.0] * 3,
+                            interpolation='bilinear', **laws))
+    batch = default_collate([ds[(i, 0, 7)] for i in range(4)])
+    assert batch['data_samples'][0].crop_params['box'].shape == (4, 4)
+
+    def fresh():
+        return dict(inputs=batch['inputs'].clone(), data_samples=batch['data_samples'])
+    drawn = []
+    law = multicrop_preprocessor.draw_sample_params
+    monkeypatch.setattr(multicrop_preprocessor, 'draw_sample_params',
+                        lambda *a, **k: drawn.append(1) or law(*a, **k))
+    torch.manual_seed(0)
+    from_loader = pre(fresh(), training=True)['inputs']
+    assert drawn == []
+    for sample in batch['data_samples']:
+        del sample.crop_params
+    torch.manual_seed(0)
+    in_process = pre(fresh(), training=True)['inputs']
+    assert len(drawn) == 4
+    for a, b in zip(from_loader, in_process):
+        assert torch.equal(a, b)

@@ -1,22 +1,23 @@
 """Training through MultiCropDataPreprocessor (multi-crop on the device): the DINO demo
-config with device crops trains (finite losses, the teacher moves), iBOT's masks come with
-``MaskedMultiCropDataPreprocessor``, and a resumed run is bitwise the straight one (the
-crops depend on (seed, epoch, sample index) only)."""
+config with device crops trains (finite losses, the teacher moves), iBOT's masks come from
+the loader through ``MaskedMultiCropDataPreprocessor``, and a resumed run is bitwise the
+straight one (the crops depend on (seed, epoch, sample index) only)."""
 import torch
 from mmengine.runner import Runner
 from test_resume_exact import EPOCHS, ITERS, assert_bitwise_equal, final_state, run
 from tiny_dino_cfg import tiny_method_cfg
 
-DEVICE_PIPELINE = [dict(type='DeviceMultiCropInput', size=32),
-                   dict(type='PackInputs', meta_keys=('img_shape', 'aug_seed'))]
+LAWS = dict(num_global=2, num_local=2, global_size=32, local_size=16, local_scale=(0.1, 0.4))
+# the loader draws every view's parameters (crop_params); the preprocessor stacks them
+DEVICE_PIPELINE = [dict(type='DeviceMultiCropInput', size=32, **LAWS),
+                   dict(type='PackInputs', meta_keys=('img_shape', 'aug_seed', 'crop_params'))]
 
 
 def device_crops(cfg):
     """tiny_dino_cfg's MultiCrop (2 x 32 px + 2 x 16 px) moved onto the preprocessor."""
     cfg.model.data_preprocessor = dict(
         type='MultiCropDataPreprocessor', mean=[72.9] * 3, std=[90.0] * 3, to_rgb=False,
-        num_global=2, num_local=2, global_size=32, local_size=16, local_scale=(0.1, 0.4),
-        interpolation='bilinear')
+        interpolation='bilinear', **LAWS)
     cfg.train_dataloader.dataset.dataset.pipeline = DEVICE_PIPELINE
 
 
@@ -58,10 +59,15 @@ def test_ibot_masks_with_device_crops(tmp_path):
         type='MaskedMultiCropDataPreprocessor', num_global=2, num_local=2, global_size=28,
         local_size=14, local_scale=(0.1, 0.4), interpolation='bilinear')
     cfg.train_dataloader.dataset.dataset.pipeline = [
-        dict(type='DeviceMultiCropInput', size=28), DEVICE_PIPELINE[1]]
+        dict(type='DeviceMultiCropInput', size=28, num_global=2, num_local=2, global_size=28,
+             local_size=14, local_scale=(0.1, 0.4)), DEVICE_PIPELINE[1]]
+    cfg.train_dataloader.collate_fn.global_size = 28  # what use_device_crops sets
     runner, batches = train(cfg)
     samples = batches[0]['data_samples']
     assert samples[0].mask.shape == (2, 4, 4) and samples[0].mask.dtype == torch.bool
+    # the masks are the loader's (masked_collate), not drawn by the data preprocessor
+    loader_masks = next(iter(runner.train_dataloader))['masks']
+    assert torch.equal(torch.stack([s.mask for s in samples]), loader_masks)
     assert torch.isfinite(torch.tensor(runner.message_hub.log_scalars['train/loss'].current()))
 
 

@@ -77,6 +77,7 @@ def shrunk_recipe(method, work_dir, data_root, **overrides):
         model.patch_loss.update(num_prototypes=K, dim=BOTTLENECK)
     if 'patch_size' in model.data_preprocessor:
         model.data_preprocessor.patch_size = 8
+        cfg.train_dataloader.collate_fn.patch_size = 8  # the loader workers draw the masks
     loader = cfg.train_dataloader
     pipeline = loader.dataset.dataset.pipeline
     crop = next(t for t in pipeline if t.type == 'MultiCrop')

@@ -5,7 +5,7 @@ data_root = '/usr/share/datasets/fashion-mnist'
 image_size = 28
 data_preprocessor = dict(
     type='SelfSupDataPreprocessor', mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0],
-    to_rgb=False)
+    to_rgb=False, non_blocking=True)
 # device_crops=True or 'cpu' moves MultiCrop onto the data preprocessor (docs/speed.md)
 device_crops = False
 device_crops_size = image_size

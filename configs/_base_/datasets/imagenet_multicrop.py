@@ -5,7 +5,8 @@ data_preprocessor = dict(
     type='SelfSupDataPreprocessor',
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
-    to_rgb=True)
+    to_rgb=True,
+    non_blocking=True)  # host-to-device copies from the loader's pinned memory, no wait
 # device_crops=True (e.g. --cfg-options device_crops=True) moves MultiCrop onto the data
 # preprocessor's GPU, the loader fitting each image into device_crops_size px (docs/speed.md)
 device_crops = False

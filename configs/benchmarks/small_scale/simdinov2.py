@@ -5,6 +5,8 @@
 _base_ = ['./_base_/fashion_mnist_full.py', './_base_/schedule.py']
 embed_dims = 64
 patch_size = 7
+mask_args = dict(patch_size=patch_size, mask_mode='stratified',
+                 mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)))
 model = dict(
     type='SimDINOv2',
     backbone=dict(type='MaskedViT', img_size=28, patch_size=patch_size, out_type='raw',
@@ -18,9 +20,10 @@ model = dict(
     patch_loss_weight=1.0,
     teacher_momentum=0.99,
     data_preprocessor=dict(
-        type='MaskedSelfSupDataPreprocessor', patch_size=patch_size, mask_mode='stratified',
-        mask_cfg=dict(mask_probability=0.5, ratio_range=(0.1, 0.5)),
-        mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0], to_rgb=False))
+        type='MaskedSelfSupDataPreprocessor', mean=[72.9, 72.9, 72.9], std=[90.0, 90.0, 90.0],
+        to_rgb=False, **mask_args))
+# the loader workers draw the masks (masked_collate); the data preprocessor checks the law
+train_dataloader = dict(collate_fn=dict(type='masked_collate', **mask_args))
 
 optim_wrapper = dict(
     optimizer=dict(lr=1e-3),

@@ -1,15 +1,19 @@
-"""The loader side of multi-crop on the device: one resize, padding and a per-sample seed."""
+"""The loader side of multi-crop on the device: one resize, padding, a per-sample seed and
+every view's random parameters."""
 import numpy as np
 from mmcv.image import imresize
 from mmcv.transforms import BaseTransform
 from mmengine.config import ConfigDict
 from mmpretrain.registry import TRANSFORMS
 
+from ...models.utils.multicrop_params import LAW_ARGS, draw_sample_params, multicrop_laws
+
 
 @TRANSFORMS.register_module()
 class DeviceMultiCropInput(BaseTransform):
     """Fits the image into ``size x size`` (keeping its aspect ratio), pads it there and
-    draws the seed of its device augmentations (``MultiCropDataPreprocessor``).
+    draws the seed of its device augmentations (``MultiCropDataPreprocessor``) and, given
+    ``MultiCrop``'s arguments, the random parameters of every view from that seed.
 
     Sets ``img`` to a ``(size, size, 3)`` uint8 array with the resized image in its top-left
     corner and zeros elsewhere, ``img_shape`` to the resized ``(h, w)`` (the region the crops
@@ -18,17 +22,30 @@ class DeviceMultiCropInput(BaseTransform):
     this ``size``-pixel image rather than the full-resolution one: pick ``size`` near the
     dataset's typical resolution (ImageNet: ~400 px) to keep the global crops sharp.
 
+    With the laws, ``crop_params`` is set to the arrays of
+    :func:`~mmselfsup_vmf.models.utils.multicrop_params.draw_sample_params` (one row per
+    view); pack them with ``PackInputs(meta_keys=(..., 'crop_params'))`` and the data
+    preprocessor only stacks them, instead of drawing them in the training process.
+
     Args:
         size (int): side of the square the image is fitted into and padded to.
         interpolation (str): mmcv interpolation when shrinking ('area' averages, so the one
             resize does not alias); enlarging always uses 'bicubic'.
+        **laws: ``MultiCrop``'s random-law arguments (``num_global``, ``num_local``, sizes,
+            scales, probabilities, ``color_jitter``; see ``multicrop_laws``). None given:
+            no ``crop_params``.
     """
 
-    def __init__(self, size: int, interpolation: str = 'area'):
+    def __init__(self, size: int, interpolation: str = 'area', **laws):
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f'DeviceMultiCropInput size must be a positive int, got {size!r}')
+        unknown = set(laws) - set(LAW_ARGS)
+        if unknown:
+            raise TypeError(f'DeviceMultiCropInput got unknown argument(s) {sorted(unknown)}; '
+                            f'the laws take {LAW_ARGS}')
         self.size = size
         self.interpolation = interpolation
+        self.laws = multicrop_laws(**laws) if laws else None
 
     def transform(self, results: dict) -> dict:
         img = results['img']
@@ -48,11 +65,15 @@ class DeviceMultiCropInput(BaseTransform):
         results['img'] = padded
         results['img_shape'] = (new_h, new_w)
         results['aug_seed'] = int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+        if self.laws is not None:
+            view_laws, draw_kwargs = self.laws
+            results['crop_params'] = draw_sample_params(results['aug_seed'], new_h, new_w,
+                                                        view_laws, **draw_kwargs)
         return results
 
 
 # the data preprocessor of each method's CPU recipe -> the one that makes the crops on its
-# device (masks included: MaskedMultiCropDataPreprocessor draws them as its parent does)
+# device (the masks still come from the loader's masked_collate)
 DEVICE_PREPROCESSORS = {'SelfSupDataPreprocessor': 'MultiCropDataPreprocessor',
                         'MaskedSelfSupDataPreprocessor': 'MaskedMultiCropDataPreprocessor'}
 DEVICE_CROPS_VALUES = (True, 'cpu')
@@ -73,12 +94,14 @@ def find_multicrop(node, path='train_dataloader'):
 def use_device_crops(cfg, check_device: bool = True):
     """Moves a config's ``MultiCrop`` onto its data preprocessor's device, in place.
 
-    The pipeline's ``MultiCrop(**kw)`` becomes ``DeviceMultiCropInput(size)`` (``size`` =
-    ``cfg.device_crops_size``, set by the dataset bases) and its ``PackInputs`` also packs
-    ``img_shape`` and ``aug_seed``; ``model.data_preprocessor`` becomes
-    ``MultiCropDataPreprocessor(**kw, ...)`` (``MaskedMultiCropDataPreprocessor`` for the
+    The pipeline's ``MultiCrop(**kw)`` becomes ``DeviceMultiCropInput(size, **laws)``
+    (``size`` = ``cfg.device_crops_size``, set by the dataset bases; ``laws`` the random-law
+    arguments of ``kw``, so the loader draws every view's parameters) and its ``PackInputs``
+    also packs ``img_shape``, ``aug_seed`` and ``crop_params``; ``model.data_preprocessor``
+    becomes ``MultiCropDataPreprocessor(**kw, ...)`` (``MaskedMultiCropDataPreprocessor`` for the
     masked methods), keeping its own arguments (mean, std, to_rgb, masks). Same laws, same
-    arguments: only where the crops are made changes.
+    arguments: only where the crops are made changes. A ``masked_collate`` keeps drawing the
+    masks in the loader, told the global crops' size.
 
     ``cfg.device_crops``: ``True`` requires an accelerator (the crops would otherwise run in
     the training process on the CPU, slower than in the loader workers); ``'cpu'`` allows
@@ -114,13 +137,20 @@ def use_device_crops(cfg, check_device: bool = True):
     crop = {k: v for k, v in pipeline[at].items() if k not in ('type', 'channel_order')}
     pack = dict(rest[0])
     keys = tuple(pack.get('meta_keys', ()))
-    pack['meta_keys'] = keys + tuple(k for k in ('img_shape', 'aug_seed') if k not in keys)
-    pipeline[at:] = [ConfigDict(type='DeviceMultiCropInput', size=size), ConfigDict(pack)]
+    pack['meta_keys'] = keys + tuple(k for k in ('img_shape', 'aug_seed', 'crop_params')
+                                     if k not in keys)
+    laws = {k: v for k, v in crop.items() if k in LAW_ARGS}
+    pipeline[at:] = [ConfigDict(type='DeviceMultiCropInput', size=size, **laws),
+                     ConfigDict(pack)]
     pre = cfg.model.data_preprocessor
     if pre.get('type') not in DEVICE_PREPROCESSORS:
         raise ValueError(f'device_crops: model.data_preprocessor type {pre.get("type")!r} has '
                          f'no device counterpart (known: {tuple(DEVICE_PREPROCESSORS)})')
     pre.update(crop, type=DEVICE_PREPROCESSORS[pre['type']])
+    collate = cfg.train_dataloader.get('collate_fn')
+    if isinstance(collate, dict) and collate.get('type') == 'masked_collate':
+        # the loader now sees whole images: the masks' grid comes from the crop size
+        collate['global_size'] = crop.get('global_size', 224)
     cfg.device_crops = mode  # the dumped config says the switch was applied
     return cfg
 

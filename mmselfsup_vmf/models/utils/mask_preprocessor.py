@@ -1,9 +1,11 @@
-"""SelfSupDataPreprocessor that also draws the iBOT / DINOv2 masks of the global views.
+"""SelfSupDataPreprocessor that attaches the iBOT / DINOv2 masks of the global views.
 
-Masks are drawn in the model process (not in dataloader workers) from
-``np.random.default_rng([seed, iter, rank])``, so they depend only on the global training
-iteration and the rank: a resumed run redraws exactly the masks of the original one, and
-the number of dataloader workers does not matter.
+In training the masks come with the batch: ``masked_collate`` draws them in the loader
+workers (``mmselfsup_vmf/datasets/masked_collate.py``, which says how they are seeded), the
+loader pins them and they are copied here with ``non_blocking``, so the training process
+does no mask work. A batch without masks (made by hand: tests, benchmarks, the equivalence
+tool) gets them drawn here by the same law, from ``np.random.default_rng([seed, iter,
+rank])``.
 """
 from typing import Optional, Sequence
 
@@ -13,7 +15,7 @@ from mmengine.dist import get_rank
 from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 from mmpretrain.registry import MODELS
 
-from .masking import MASK_MODES, check_mask_cfg, generate_masks
+from .masking import global_grid, global_view_masks, mask_law
 
 
 @MODELS.register_module()
@@ -22,7 +24,9 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
 
     In training, each data sample gets a field ``mask``: a bool tensor
     ``(num_global_views, h, w)``, ``h = H // patch_size`` of the global views, where entry
-    ``g`` is the mask of view ``g`` of that image. Nothing is attached in eval mode
+    ``g`` is the mask of view ``g`` of that image: the batch's ``masks`` from
+    ``masked_collate``, which must have been drawn with the same arguments (checked), or
+    drawn here when the batch has none. Nothing is attached in eval mode
     (``training=False``) or without data samples. A ``mask`` the pipeline already set
     is overwritten.
 
@@ -39,7 +43,9 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
             all False. Defaults to 0. The epoch and iteration come from
             :meth:`set_train_progress` (the algorithm forwards ``TrainProgressHook``'s call);
             both are 0 until then.
-        seed (int): seed of the mask generator. Defaults to 0.
+        seed (int): seed of the masks drawn here (batches without masks). Defaults to 0.
+        non_blocking (bool): copy the batch to the device without waiting (from the
+            loader's pinned memory). Defaults to True.
         **kwargs: ``SelfSupDataPreprocessor`` arguments (mean, std, to_rgb, ...).
     """
 
@@ -50,16 +56,11 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
                  mask_cfg: Optional[dict] = None,
                  mask_start_epoch: int = 0,
                  seed: int = 0,
+                 non_blocking: bool = True,
                  **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(patch_size, int) or patch_size <= 0:
-            raise ValueError(f'patch_size must be a positive int, got {patch_size!r}')
-        if not isinstance(num_global_views, int) or num_global_views <= 0:
-            raise ValueError(f'num_global_views must be a positive int, got {num_global_views!r}')
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f'mask_mode must be one of {MASK_MODES}, got {mask_mode!r}')
+        super().__init__(non_blocking=non_blocking, **kwargs)
+        self.law = mask_law(patch_size, num_global_views, mask_mode, mask_cfg, mask_start_epoch)
         self.mask_cfg = dict(mask_cfg or {})
-        check_mask_cfg(mask_mode, self.mask_cfg)
         self.patch_size = patch_size
         self.num_global_views = num_global_views
         self.mask_mode = mask_mode
@@ -75,7 +76,7 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
         return np.random.default_rng([self.seed, self.iteration, get_rank()])
 
     def global_view_masks(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Masks of the first ``num_global_views`` views, (B, num_global_views, h, w) bool."""
+        """Masks drawn here for the first ``num_global_views`` views, (B, G, h, w) bool."""
         if len(views) < self.num_global_views:
             raise ValueError(f'num_global_views={self.num_global_views} but the batch has '
                              f'{len(views)} view(s)')
@@ -84,30 +85,33 @@ class MaskedSelfSupDataPreprocessor(SelfSupDataPreprocessor):
         if len(sizes) != 1:
             raise ValueError(f'the {self.num_global_views} global views must share one size, '
                              f'got {sorted(sizes)}')
-        height, width = sizes.pop()
-        grid = (height // self.patch_size, width // self.patch_size)
-        if min(grid) == 0:
-            raise ValueError(f'global views of {height}x{width} px are smaller than '
-                             f'patch_size={self.patch_size}')
-        batch = global_views[0].shape[0]
-        num_crops = self.num_global_views * batch
-        if self.epoch < self.mask_start_epoch:
-            masks = np.zeros((num_crops, *grid), dtype=bool)
-        else:
-            masks = generate_masks(num_crops, grid, self.mask_mode, self.mask_rng(),
-                                   **self.mask_cfg)
-        # Crops are ordered view-major, as DINOv2 collates them: (G, B, h, w) -> (B, G, h, w).
-        masks = masks.reshape(self.num_global_views, batch, *grid).transpose(1, 0, 2, 3)
-        return torch.from_numpy(np.ascontiguousarray(masks)).to(global_views[0].device)
+        grid = global_grid(*sizes.pop(), self.patch_size)
+        masks = global_view_masks(global_views[0].shape[0], grid, self.num_global_views,
+                                  self.mask_mode, self.mask_rng(),
+                                  self.epoch >= self.mask_start_epoch, **self.mask_cfg)
+        return torch.from_numpy(masks).to(global_views[0].device)
+
+    def batch_masks(self, masks: torch.Tensor, law: Optional[dict]) -> torch.Tensor:
+        """The masks ``masked_collate`` drew, on the device (non-blocking from pinned memory)."""
+        if law != self.law:
+            raise ValueError(f'the batch masks were drawn with {law} but model.data_preprocessor '
+                             f'says {self.law}; give train_dataloader.collate_fn the data '
+                             "preprocessor's mask arguments")
+        return self.cast_data(masks)
 
     def forward(self, data: dict, training: bool = False) -> dict:
+        data = dict(data)
+        batch_masks, law = data.pop('masks', None), data.pop('mask_law', None)
         data = super().forward(data, training)
         data_samples = data['data_samples']
         if not training or data_samples is None:
             return data
-        inputs = data['inputs']
-        views = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        masks = self.global_view_masks(views)
+        if batch_masks is not None:
+            masks = self.batch_masks(batch_masks, law)
+        else:
+            inputs = data['inputs']
+            masks = self.global_view_masks(inputs if isinstance(inputs, (list, tuple))
+                                           else [inputs])
         if len(data_samples) != masks.shape[0]:
             raise ValueError(f'{len(data_samples)} data samples for a batch of '
                              f'{masks.shape[0]} images')

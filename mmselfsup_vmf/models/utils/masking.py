@@ -272,3 +272,47 @@ def generate_masks(batch_size: int,
         else:
             masks[i] = random_mask((grid_h, grid_w), num, rng)
     return masks
+
+
+def mask_law(patch_size: int = 16, num_global_views: int = 2, mask_mode: str = 'ibot',
+             mask_cfg: Optional[dict] = None, mask_start_epoch: int = 0) -> dict:
+    """The checked arguments of the global-view masks as one plain dict (tuples, no
+    ConfigDict), so that two copies of a law compare equal when they are the same law."""
+    if not isinstance(patch_size, int) or patch_size <= 0:
+        raise ValueError(f'patch_size must be a positive int, got {patch_size!r}')
+    if not isinstance(num_global_views, int) or num_global_views <= 0:
+        raise ValueError(f'num_global_views must be a positive int, got {num_global_views!r}')
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f'mask_mode must be one of {MASK_MODES}, got {mask_mode!r}')
+    cfg = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+           for k, v in dict(mask_cfg or {}).items()}
+    check_mask_cfg(mask_mode, cfg)
+    return dict(patch_size=patch_size, num_global_views=num_global_views, mask_mode=mask_mode,
+                mask_cfg=cfg, mask_start_epoch=int(mask_start_epoch))
+
+
+def global_grid(height: int, width: int, patch_size: int) -> Tuple[int, int]:
+    """The patch grid of ``height x width`` global crops; an error when a crop is smaller
+    than one patch."""
+    grid = (int(height) // patch_size, int(width) // patch_size)
+    if min(grid) == 0:
+        raise ValueError(f'global views of {height}x{width} px are smaller than '
+                         f'patch_size={patch_size}')
+    return grid
+
+
+def global_view_masks(num_images: int, grid_hw: Tuple[int, int], num_global_views: int,
+                      mode: str, rng: np.random.Generator, masked: bool = True,
+                      **cfg) -> np.ndarray:
+    """Masks of the ``num_global_views`` global crops of ``num_images`` images,
+    (num_images, num_global_views, h, w) bool; all False when ``masked`` is False (iBOT's
+    ``pred_start_epoch``).
+
+    The ``num_global_views * num_images`` crops are drawn in one :func:`generate_masks`
+    call, view-major as DINOv2 collates them ('stratified' counts them all together)."""
+    num_crops = num_global_views * num_images
+    if not masked:
+        return np.zeros((num_images, num_global_views, *grid_hw), dtype=bool)
+    masks = generate_masks(num_crops, grid_hw, mode, rng, **cfg)
+    masks = masks.reshape(num_global_views, num_images, *masks.shape[1:])
+    return np.ascontiguousarray(masks.transpose(1, 0, 2, 3))

@@ -8,9 +8,13 @@ flip p=0.5, colour jitter p=0.8 with factors uniform in ``[1-b, 1+b]``, ``[1-c, 
 sigma ~ U[0.1, 2] and solarisation, each with its view's probability. Every value is drawn
 for every view whether or not the operation is applied, from one generator per sample, so
 the parameters are a function of the sample's seed only.
+
+``DeviceMultiCropInput`` draws them in the loader workers (:func:`multicrop_laws` turns
+``MultiCrop``'s arguments into the laws), so the training process only stacks them.
 """
+import inspect
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -86,3 +90,31 @@ def draw_sample_params(seed: int, height: int, width: int, laws: Sequence[ViewLa
                 blur=u[:, 3] < np.array([law.blur_prob for law in laws]),
                 sigma=sigma_range[0] + (sigma_range[1] - sigma_range[0]) * rng.random(num),
                 solarize=u[:, 4] < np.array([law.solarize_prob for law in laws]))
+
+
+def multicrop_laws(num_global: int = 2, num_local: int = 10, global_size: int = 224,
+                   local_size: int = 96, global_scale: Tuple[float, float] = (0.4, 1.0),
+                   local_scale: Tuple[float, float] = (0.05, 0.4),
+                   global_blur_probs: Tuple[float, float] = (1.0, 0.1),
+                   local_blur_prob: float = 0.5, solarize_prob: float = 0.2,
+                   color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+                   color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
+                   flip_prob: float = 0.5) -> Tuple[List[ViewLaw], dict]:
+    """``MultiCrop``'s arguments (same defaults) -> (the law of every view, globals first;
+    the keyword arguments of :func:`draw_sample_params`)."""
+    if num_global < 1 or num_local < 0:
+        raise ValueError(f'multi-crop on the device needs num_global >= 1 and num_local >= 0, '
+                         f'got {num_global} and {num_local}')
+    for name, sc in (('global_scale', global_scale), ('local_scale', local_scale)):
+        if not (len(sc) == 2 and 0 < sc[0] <= sc[1] <= 1):
+            raise ValueError(f'multi-crop on the device: {name} must be (min, max) with '
+                             f'0 < min <= max <= 1, got {sc}')
+    first = ViewLaw(global_size, tuple(global_scale), global_blur_probs[0])
+    second = ViewLaw(global_size, tuple(global_scale), global_blur_probs[1], solarize_prob)
+    local = ViewLaw(local_size, tuple(local_scale), local_blur_prob)
+    laws = [first] + [second] * (num_global - 1) + [local] * num_local
+    return laws, dict(color_jitter=tuple(color_jitter), color_jitter_prob=color_jitter_prob,
+                      grayscale_prob=grayscale_prob, flip_prob=flip_prob)
+
+
+LAW_ARGS = tuple(inspect.signature(multicrop_laws).parameters)

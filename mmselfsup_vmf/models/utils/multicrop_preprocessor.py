@@ -1,12 +1,13 @@
 """DINO's multi-crop on the data preprocessor's device, batched with kornia's augmentations.
 
-The loader only decodes and resizes (``DeviceMultiCropInput``); here every view is cropped,
-flipped, colour-jittered, greyed, blurred and solarised by ``kornia.augmentation`` modules
-called with parameters drawn per sample by :mod:`.multicrop_params` from the sample's
-``aug_seed`` (drawn in the loader under ``SeededDataset``, hence a function of
-(seed, epoch, sample index)): runs are reproducible and resume exactly, whatever the batch
-composition or number of workers. Where kornia's operations differ from DINO's PIL ones is
-listed in ``docs/methods.md#multi-crop-on-the-device``.
+The loader decodes, resizes and draws every view's random parameters
+(``DeviceMultiCropInput`` with :mod:`.multicrop_params`, from the sample's ``aug_seed``,
+drawn under ``SeededDataset``, hence a function of (seed, epoch, sample index)); here every
+view is cropped, flipped, colour-jittered, greyed, blurred and solarised by
+``kornia.augmentation`` modules called with those parameters: runs are reproducible and
+resume exactly, whatever the batch composition or number of workers. Where kornia's
+operations differ from DINO's PIL ones is listed in
+``docs/methods.md#multi-crop-on-the-device``.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -16,7 +17,7 @@ from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 from mmpretrain.registry import MODELS
 
 from .mask_preprocessor import MaskedSelfSupDataPreprocessor
-from .multicrop_params import ViewLaw, draw_sample_params
+from .multicrop_params import draw_sample_params, multicrop_laws
 
 BLUR_KERNELS = dict(pil=13, kernel9=9)  # 'pil': +-3 sigma of the largest sigma (2.0)
 
@@ -44,6 +45,7 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
     Args:
         blur: ``'pil'`` (DINO: sigma ~ U[0.1, 2], 13-tap kernel) or ``'kernel9'`` (DINOv2).
         color_jitter, color_jitter_prob, grayscale_prob, flip_prob: as ``MultiCrop``.
+        non_blocking: copy the batch to the device without waiting (pinned memory).
         **kwargs: ``SelfSupDataPreprocessor`` arguments (mean, std, to_rgb).
     """
 
@@ -55,30 +57,20 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                  interpolation: str = 'bicubic', blur: str = 'pil',
                  color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
                  color_jitter_prob: float = 0.8, grayscale_prob: float = 0.2,
-                 flip_prob: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
+                 flip_prob: float = 0.5, non_blocking: bool = True, **kwargs):
+        super().__init__(non_blocking=non_blocking, **kwargs)
         try:
             from kornia import augmentation as K
         except ImportError as exc:
             raise ImportError('MultiCropDataPreprocessor needs kornia: pip install '
                               '"mmselfsup_vmf[device-aug]" (kornia>=0.9)') from exc
-        if num_global < 1 or num_local < 0:
-            raise ValueError(f'MultiCropDataPreprocessor needs num_global >= 1 and '
-                             f'num_local >= 0, got {num_global} and {num_local}')
         if blur not in BLUR_KERNELS:
             raise ValueError(f'MultiCropDataPreprocessor blur must be one of '
                              f'{tuple(BLUR_KERNELS)}, got {blur!r}')
-        for name, sc in (('global_scale', global_scale), ('local_scale', local_scale)):
-            if not (len(sc) == 2 and 0 < sc[0] <= sc[1] <= 1):
-                raise ValueError(f'MultiCropDataPreprocessor {name} must be (min, max) with '
-                                 f'0 < min <= max <= 1, got {sc}')
-        first = ViewLaw(global_size, tuple(global_scale), global_blur_probs[0])
-        second = ViewLaw(global_size, tuple(global_scale), global_blur_probs[1], solarize_prob)
-        local = ViewLaw(local_size, tuple(local_scale), local_blur_prob)
-        self.view_laws = [first] + [second] * (num_global - 1) + [local] * num_local
-        self.draw_kwargs = dict(color_jitter=tuple(color_jitter),
-                                color_jitter_prob=color_jitter_prob,
-                                grayscale_prob=grayscale_prob, flip_prob=flip_prob)
+        self.view_laws, self.draw_kwargs = multicrop_laws(
+            num_global, num_local, global_size, local_size, global_scale, local_scale,
+            global_blur_probs, local_blur_prob, solarize_prob, color_jitter,
+            color_jitter_prob, grayscale_prob, flip_prob)
         self.crops = torch.nn.ModuleDict({
             str(size): K.RandomResizedCrop((size, size), resample=interpolation,
                                            align_corners=False, cropping_mode='slice')
@@ -91,19 +83,31 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         self.solarize = K.RandomSolarize(0.0, 0.0)
 
     def draw_params(self, data_samples, height: int, width: int) -> Dict[str, np.ndarray]:
-        """Every view's parameters from each sample's ``aug_seed`` and ``img_shape``:
-        arrays of shape (B, V, ...)."""
+        """Every view's parameters, arrays of shape (B, V, ...): the ``crop_params`` that
+        ``DeviceMultiCropInput`` drew in the loader, stacked, or (samples without them)
+        drawn here from each sample's ``aug_seed`` and ``img_shape``."""
         params = []
         for i, sample in enumerate(data_samples):
+            drawn = sample.metainfo.get('crop_params')
+            if drawn is not None:
+                params.append(drawn)
+                continue
             seed = sample.metainfo.get('aug_seed')
             if seed is None:
-                raise ValueError(f'data_samples[{i}] has no aug_seed: the loader pipeline must '
-                                 "end with DeviceMultiCropInput and PackInputs(meta_keys="
-                                 "('img_shape', 'aug_seed'))")
+                raise ValueError(f'data_samples[{i}] has no crop_params nor aug_seed: the '
+                                 'loader pipeline must end with DeviceMultiCropInput and '
+                                 "PackInputs(meta_keys=('img_shape', 'aug_seed', "
+                                 "'crop_params'))")
             h, w = sample.metainfo.get('img_shape', (height, width))
             params.append(draw_sample_params(int(seed), int(h), int(w), self.view_laws,
                                              **self.draw_kwargs))
-        return {key: np.stack([p[key] for p in params]) for key in params[0]}
+        stacked = {key: np.stack([p[key] for p in params]) for key in params[0]}
+        if stacked['box'].shape[1] != len(self.view_laws):
+            raise ValueError(f"the loader drew parameters of {stacked['box'].shape[1]} views, "
+                             f'the data preprocessor makes {len(self.view_laws)}: give '
+                             'DeviceMultiCropInput the MultiCrop arguments of the data '
+                             'preprocessor')
+        return stacked
 
     def forward(self, data: dict, training: bool = False) -> dict:
         if not training:

@@ -172,6 +172,7 @@ def digits_cfg(config=DEMO, num_train=64, batch_size=16, work_dir='.', image_siz
     cfg.model.backbone.patch_size = patch_size
     if 'patch_size' in cfg.model.data_preprocessor:  # the masking grid of SimDINOv2
         cfg.model.data_preprocessor.patch_size = patch_size
+        cfg.train_dataloader.collate_fn.patch_size = patch_size  # the loader draws the masks
     crop = cfg.train_dataloader.dataset.dataset.pipeline[0]
     crop.update(global_size=image_size, local_size=8)
     cfg.train_dataloader.dataset.dataset = dict(

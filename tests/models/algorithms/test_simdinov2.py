@@ -309,7 +309,7 @@ def test_lr_mult_rejects_bad_values():
 
 # ---------------------------------------------------------------- runner-level tests
 def test_resume_is_bitwise_exact(tmp_path):
-    """Masks are drawn from (seed, iteration, rank): a resumed run redraws the same ones."""
+    """Masks are drawn from (seed, epoch, sample indices): a resumed run redraws them."""
     resume_is_exact(DEMO, tmp_path)
 
 

@@ -4,9 +4,10 @@
   op (``nonzero``, ``unique``, boolean indexing) and tensor made from Python data
   (``lift_fresh``: a blocking host-to-device copy on an accelerator) is counted in the
   forward, the loss, the backward, the clipping and the optimiser step of each method's
-  demo model, with the value checks configured as on an accelerator. Not counted: the data
-  preprocessor (it prepares the batch), reads of the optimiser's ``step`` counters (torch
-  keeps them on the host) and reads after the optimiser step is queued (the logged norm).
+  demo model, with the value checks configured as on an accelerator. The data preprocessor
+  is counted apart: given the loader's masks it reads nothing either. Not counted: reads of
+  the optimiser's ``step`` counters (torch keeps them on the host) and reads after the
+  optimiser step is queued (the logged norm).
 * Compilation: with ``model.compile`` and a backend that counts dynamo's graphs, ten steps
   whose masks cover a different number of patches each compile no graph after the first.
 """
@@ -80,6 +81,27 @@ def test_a_train_step_reads_nothing_on_the_host(method, precision, monkeypatch):
     assert counted_step(model, wrapper, copy.deepcopy(batch(seed=1))) == []
     # the EMA step counter stays the device buffer's value
     assert int(model.teacher.steps) == model.teacher.host_steps() == 2
+
+
+@pytest.mark.parametrize('method', MASKED)
+def test_the_data_preprocessor_reads_nothing_when_the_masks_come_from_the_loader(method):
+    """The masks ``masked_collate`` drew (bool, in the batch) are copied and attached, as
+    they are, with no host read."""
+    import numpy as np
+
+    from mmselfsup_vmf.models.utils.masking import global_view_masks
+    model = build_model(demo_cfg(method))
+    pre = model.data_preprocessor
+    data = batch()
+    masks = global_view_masks(8, (4, 4), 2, pre.mask_mode, np.random.default_rng(0),
+                              **pre.mask_cfg)
+    data.update(masks=torch.from_numpy(masks), mask_law=pre.law)
+    counter = CountHostReads()
+    with counter:
+        out = pre(data, True)
+    assert counter.reads == []
+    assert torch.equal(torch.stack([s.mask for s in out['data_samples']]),
+                       torch.from_numpy(masks))
 
 
 def test_the_counter_sees_each_kind_of_host_read():

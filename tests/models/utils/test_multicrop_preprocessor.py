@@ -216,7 +216,7 @@ def test_bad_inputs_have_one_line_errors():
     pre = preprocessor(num_local=0, global_size=8)
     data = batch_of(constant((1, 2, 3), 2), [1, 2])
     data['data_samples'][1] = DataSample()
-    with pytest.raises(ValueError, match=r"data_samples\[1\] has no aug_seed"):
+    with pytest.raises(ValueError, match=r"data_samples\[1\] has no crop_params nor aug_seed"):
         pre(data, True)
     with pytest.raises(ValueError, match=r'expects inputs of shape \(B, 3, H, W\)'):
         pre(dict(inputs=[torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2,
