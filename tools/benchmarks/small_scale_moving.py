@@ -96,6 +96,8 @@ def canvas_overrides(method: str, train_images: Optional[int] = None,
     }
     if 'patch_size' in cfg.model.data_preprocessor:  # the mask generators' patch grid
         overrides['model.data_preprocessor.patch_size'] = PATCH
+    if 'patch_size' in cfg.train_dataloader.get('collate_fn', {}):  # loader-drawn masks
+        overrides['train_dataloader.collate_fn.patch_size'] = PATCH
     return overrides
 
 
