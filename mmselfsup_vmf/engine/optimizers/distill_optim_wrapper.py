@@ -192,6 +192,15 @@ def build_grad_scaler(loss_scale, device_type: str) -> Tuple[torch.amp.GradScale
                     f'{loss_scale!r}')
 
 
+def overflow_flag(scaler: torch.amp.GradScaler, optimizer) -> torch.Tensor:
+    """Whether ``scaler.step(optimizer)`` found an infinity or NaN (i.e. skipped the update),
+    as a device bool tensor. Read from the scaler's per-optimiser record of this step (kept
+    until ``update``), which is what a fused optimiser receives as ``found_inf``."""
+    found = scaler._per_optimizer_states[id(optimizer)]['found_inf_per_device'].values()
+    device = scaler._get_scale_async().device
+    return sum(f.to(device, non_blocking=True) for f in found) > 0
+
+
 @OPTIM_WRAPPERS.register_module()
 class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
     """fp16/bf16 wrapper: unscale -> clip -> cancel frozen grads -> scaler step.
@@ -205,8 +214,14 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
 
     bf16 runs without loss scaling (``loss_scale`` is ignored; the scaler is disabled). With
     fp16 the scaler's overflow check reads a flag on the host every step unless the
-    optimiser applies it itself (``optimizer=dict(type='AdamW', fused=True)``).
+    optimiser applies it itself (``optimizer=dict(type='AdamW', fused=True)``, the fp16
+    recipes' setting: the step then always runs and skips its update on the device).
+    ``overflowed`` is the last step's overflow flag as a device tensor (bool), whether or not
+    the optimiser is fused, so that ``DivergenceGuardHook`` can count skipped steps without
+    a host read.
     """
+
+    overflowed: Optional[torch.Tensor] = None
 
     def __init__(self, optimizer, loss_scale='dynamic', dtype=None, use_fsdp: bool = False,
                  clip_grad: Optional[dict] = None, **kwargs):
@@ -250,6 +265,8 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
             self.loss_scaler.unscale_(self.optimizer)
             logged = self._edit_grads()
         self.loss_scaler.step(self.optimizer, **kwargs)
+        if self.loss_scaler.is_enabled():
+            self.overflowed = overflow_flag(self.loss_scaler, self.optimizer)
         self.loss_scaler.update(self._scale_update_param)
         self._log_norms(logged)
         if (self.autocast_device in numerics.HOST_CHECK_DEVICES  # looked up now (tests)
