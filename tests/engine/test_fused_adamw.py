@@ -156,3 +156,30 @@ def test_layer_decay_constructor_passes_fused():
     groups = wrapper.optimizer.param_groups
     assert len(groups) > 2 and all(g['fused'] is True for g in groups)
     assert len({g['lr'] for g in groups}) > 2  # the layer-wise lrs are kept
+
+
+@pytest.mark.parametrize('saved_fused', [False, True])
+def test_a_checkpoint_resumes_into_the_other_implementation(saved_fused):
+    """Optimiser state saved with one implementation and loaded into the other continues
+    as the saving run would (the loading wrapper keeps its own fused/foreach choice)."""
+    gen = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(4, 6, generator=gen) for _ in range(4)]
+
+    def wrapper(model, fused):
+        return AmpDistillOptimWrapper(torch.optim.AdamW(per_param_groups(model), fused=fused),
+                                      loss_scale='dynamic')
+
+    saving, loading = TwoModules(), TwoModules()
+    w_saving = wrapper(saving, saved_fused)
+    for x in inputs[:2]:
+        w_saving.update_params(saving(x))
+    w_loading = wrapper(loading, not saved_fused)
+    loading.load_state_dict(saving.state_dict())
+    w_loading.load_state_dict(copy.deepcopy(w_saving.state_dict()))
+    assert all(g['fused'] is (not saved_fused)
+               for g in w_loading.optimizer.param_groups)
+    for x in inputs[2:]:
+        w_saving.update_params(saving(x))
+        w_loading.update_params(loading(x))
+    for (n, a), b in zip(saving.named_parameters(), loading.parameters()):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7, msg=n)

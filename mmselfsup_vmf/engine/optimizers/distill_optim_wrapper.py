@@ -88,6 +88,21 @@ def clip_grad_per_tensor_(params: Iterable[torch.Tensor], max_norm: float,
     return norms.max()
 
 
+# how an optimiser computes its step, not what it has learnt: a checkpoint keeps the
+# configured choice (a non-fused checkpoint resumes into a fused fp16 recipe and back)
+IMPLEMENTATION_KEYS = ('fused', 'foreach')
+
+
+def keep_implementation(optimizer, state_dict: dict) -> dict:
+    """``load_state_dict`` pre-hook: the saved groups take this optimiser's implementation
+    flags (torch would take the saved ones; a fused step with the saved ``fused=None``
+    fails under a loss scaler). torch then also moves the step counters where fused AdamW
+    keeps them (float32, on the parameter's device)."""
+    groups = [dict(saved, **{k: group[k] for k in IMPLEMENTATION_KEYS if k in group})
+              for saved, group in zip(state_dict['param_groups'], optimizer.param_groups)]
+    return dict(state_dict, param_groups=groups)
+
+
 class GradEditMixin:
     """Per-tensor clipping + gradient cancellation for OptimWrapper and AmpOptimWrapper."""
 
@@ -167,6 +182,7 @@ class DistillOptimWrapper(GradEditMixin, OptimWrapper):
     def __init__(self, optimizer, clip_grad: Optional[dict] = None, **kwargs):
         OptimWrapper.__init__(self, optimizer, clip_grad=self._setup_grad_edit(clip_grad),
                               **kwargs)
+        optimizer.register_load_state_dict_pre_hook(keep_implementation)
 
     def step(self, **kwargs) -> None:
         logged = self._edit_grads() if self._needs_edit() else {}
@@ -248,6 +264,7 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
             self.loss_scaler = torch.amp.GradScaler(self.autocast_device or 'cuda',
                                                      enabled=False)
             self._scale_update_param = None
+        optimizer.register_load_state_dict_pre_hook(keep_implementation)
 
     @contextmanager
     def optim_context(self, model: nn.Module):
