@@ -208,11 +208,15 @@ def build_grad_scaler(loss_scale, device_type: str) -> Tuple[torch.amp.GradScale
                     f'{loss_scale!r}')
 
 
-def overflow_flag(scaler: torch.amp.GradScaler, optimizer) -> torch.Tensor:
+def overflow_flag(scaler: torch.amp.GradScaler, optimizer) -> Optional[torch.Tensor]:
     """Whether ``scaler.step(optimizer)`` found an infinity or NaN (i.e. skipped the update),
     as a device bool tensor. Read from the scaler's per-optimiser record of this step (kept
-    until ``update``), which is what a fused optimiser receives as ``found_inf``."""
-    found = scaler._per_optimizer_states[id(optimizer)]['found_inf_per_device'].values()
+    until ``update``), which is what a fused optimiser receives as ``found_inf``; None for a
+    scaler without that record (DivergenceGuardHook then falls back on host logic)."""
+    states = getattr(scaler, '_per_optimizer_states', None)
+    if states is None or id(optimizer) not in states:
+        return None
+    found = states[id(optimizer)]['found_inf_per_device'].values()
     device = scaler._get_scale_async().device
     return sum(f.to(device, non_blocking=True) for f in found) > 0
 
