@@ -183,3 +183,27 @@ def test_a_checkpoint_resumes_into_the_other_implementation(saved_fused):
         w_loading.update_params(loading(x))
     for (n, a), b in zip(saving.named_parameters(), loading.parameters()):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-6, atol=1e-7, msg=n)
+
+
+def test_fsdp_scaler_with_a_fused_optimiser_is_refused(tmp_path):
+    """torch's ShardedGradScaler (mmengine's ``use_fsdp``) agrees on the overflow flag over
+    the ranks only in ``unscale_``, and a fused AdamW rejects the (1,)-shaped flag that
+    leaves (here: unscaled for clipping); without ``unscale_`` each rank would skip on its
+    own shard's flag. The wrapper refuses the pair when built. If torch's behaviour changes,
+    the first half fails and the refusal can be revisited."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0,
+                            world_size=1)
+    try:
+        model = TwoModules()
+        wrapper = AmpDistillOptimWrapper(torch.optim.AdamW(model.parameters(), fused=True),
+                                         clip_grad=dict(type='per_tensor', max_norm=1.0))
+        wrapper.loss_scaler = ShardedGradScaler('cpu')
+        with pytest.raises(RuntimeError, match='shape'):
+            wrapper.update_params(model(torch.ones(2, 6)))
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match=r'use_fsdp=True.*optimizer.fused=False'):
+        AmpDistillOptimWrapper(torch.optim.AdamW(model.parameters(), fused=True),
+                               use_fsdp=True)

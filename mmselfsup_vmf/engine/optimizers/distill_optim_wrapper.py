@@ -246,6 +246,12 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
     def __init__(self, optimizer, loss_scale='dynamic', dtype=None, use_fsdp: bool = False,
                  clip_grad: Optional[dict] = None, **kwargs):
         clip_grad = self._setup_grad_edit(clip_grad)
+        if use_fsdp and getattr(optimizer, '_step_supports_amp_scaling', False):
+            # torch 2.14: the sharded scaler all-reduces its overflow flag only in unscale_,
+            # as a (1,) tensor that the fused step rejects (it expects a scalar)
+            raise ValueError("AmpDistillOptimWrapper(use_fsdp=True): torch's "
+                             'ShardedGradScaler cannot step a fused optimiser; set '
+                             'optim_wrapper.optimizer.fused=False')
         if _has_accelerator():
             self.autocast_device = None  # mmengine's autocast picks the current device
             AmpOptimWrapper.__init__(self, loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp,
