@@ -73,6 +73,10 @@ def merge_args(cfg: Config, args) -> Config:
         if args.amp_dtype:
             wrapper['dtype'] = args.amp_dtype
         wrapper.setdefault('loss_scale', 'dynamic')
+        if (wrapper['type'] == 'AmpDistillOptimWrapper' and wrapper.get('dtype') != 'bfloat16'
+                and wrapper.get('optimizer', {}).get('type') == 'AdamW'):
+            # as the fp16 recipes: the loss scaler's overflow check stays on the device
+            wrapper.optimizer.setdefault('fused', True)
     if args.compile:
         cfg.model.compile = cfg.model.get('compile') or True
     if args.auto_scale_lr:

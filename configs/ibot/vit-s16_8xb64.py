@@ -33,7 +33,7 @@ warmup_epochs = 10
 # fp16 with dynamic loss scaling as iBOT's --use_fp16 default (also on a CPU; fp32:
 # optim_wrapper.type=DistillOptimWrapper; bf16: dtype='bfloat16')
 optim_wrapper = dict(type='AmpDistillOptimWrapper', loss_scale='dynamic',
-                     optimizer=dict(lr=5e-4),
+                     optimizer=dict(lr=5e-4, fused=True),
                      clip_grad=dict(_delete_=True, type='per_tensor', max_norm=3.0))
 param_scheduler = [
     dict(type='LinspaceLR', start_factor=0.0, by_epoch=True, begin=0, end=warmup_epochs,

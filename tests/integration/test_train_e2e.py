@@ -100,10 +100,11 @@ def test_vit_through_tools_train(tmp_path):
     assert type(wrapper).__name__ == 'AmpDistillOptimWrapper'
     if not torch.cuda.is_available():
         assert wrapper.cast_dtype == torch.float16
+        assert wrapper.optimizer.defaults['fused'] is True  # as the fp16 recipes
         assert 0 < main_runner.message_hub.get_scalar('train/loss_scale').current() <= 2 ** 16
         args = train_tool.parse_args([cfg_path, '--amp', '--amp-dtype', 'bfloat16'])
-        assert train_tool.merge_args(train_tool.Config.fromfile(cfg_path),
-                                     args).optim_wrapper.dtype == 'bfloat16'
+        bf16 = train_tool.merge_args(train_tool.Config.fromfile(cfg_path), args).optim_wrapper
+        assert bf16.dtype == 'bfloat16' and 'fused' not in bf16.optimizer
     assert torch.isfinite(torch.tensor(main_runner.message_hub.get_scalar('train/loss')
                                        .current()))
     assert all(torch.isfinite(p).all() for p in main_runner.model.parameters())

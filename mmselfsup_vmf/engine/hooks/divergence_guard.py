@@ -9,7 +9,11 @@ there). So on a GPU the error can come up to ``check_interval`` iterations late 
 names the first bad iteration, and no checkpoint is written in between.
 
 With a loss scaler (fp16 ``AmpOptimWrapper``) a non-finite step is skipped by the scaler and
-is not an error; ``max_skipped_steps`` consecutive skipped steps are (the scale collapsed).
+is not an error; more than ``max_skipped_steps`` consecutive skipped steps are (the scale
+collapsed). ``AmpDistillOptimWrapper`` gives each step's overflow flag as a device tensor, so
+skips are counted on the device and read with the record; this holds for a fused optimiser too,
+whose step always runs and skips its update on the device. For other loss-scaled wrappers a
+step is taken as skipped when the optimiser did not run.
 
 In a distributed run every read is a decision of all ranks: the ranks' first bad iterations
 are all-reduced (MIN) at the same points (the schedule above is the same on every rank), and
@@ -94,6 +98,10 @@ class DivergenceGuardHook(Hook):
         self._bad_values: Optional[torch.Tensor] = None  # float (len(names),)
         self._grad_finite: Optional[torch.Tensor] = None  # set by the optimizer pre-hook
 
+    def _reset_skip_record(self) -> None:
+        self._skips_in_a_row: Optional[torch.Tensor] = None  # int64 scalar on the device
+        self._first_collapse: Optional[torch.Tensor] = None  # iteration, -1 = none yet
+
     def _optimizers(self, runner) -> list:
         wrapper = runner.optim_wrapper
         wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) else [wrapper]
@@ -119,6 +127,7 @@ class DivergenceGuardHook(Hook):
                                     and not checkpoint[0].by_epoch else None)
         self._skipped_in_a_row = 0
         self._stepped = False
+        self._reset_skip_record()
 
     def after_train(self, runner) -> None:
         for handle in self._handles:
@@ -143,9 +152,9 @@ class DivergenceGuardHook(Hook):
                          outputs: Optional[dict] = None) -> None:
         terms = {k: v for k, v in (outputs or {}).items()
                  if 'loss' in k and isinstance(v, torch.Tensor)}
-        skipped = self._count_skipped_step(runner)
-        if not skipped and terms:
-            self._fold(runner, terms)
+        skipped = self._skipped_step(runner)
+        if skipped is not True and terms:
+            self._fold(runner, terms, skipped)
         if (self.read_every_iter or self.every_n_train_iters(runner, self.check_interval)
                 or (self._ckpt_iter_interval
                     and self.every_n_train_iters(runner, self._ckpt_iter_interval))
@@ -153,26 +162,47 @@ class DivergenceGuardHook(Hook):
                 or self.is_last_train_iter(runner)):
             self.check(runner)
 
-    def _count_skipped_step(self, runner) -> bool:
-        """A step the loss scaler skipped (no error unless too many in a row)."""
+    def _skipped_step(self, runner):
+        """Whether an enabled loss scaler skipped this iteration's step: a device bool
+        tensor (``AmpDistillOptimWrapper``), a bool (other wrappers: the optimiser did not
+        run), or None (no loss-scaled step this iteration)."""
         attempted = [w for w, _ in self._optimizers(runner)
                      if w.should_update() and getattr(getattr(w, 'loss_scaler', None),
                                                       'is_enabled', lambda: False)()]
+        flags = [w.overflowed for w in attempted if getattr(w, 'overflowed', None) is not None]
+        if flags:
+            skipped = torch.stack(flags).any()
+            self._count_on_device(runner, skipped)
+            return skipped
         if not attempted or self._stepped:
             self._skipped_in_a_row = 0
-            return False
+            return None
         self._skipped_in_a_row += 1
         if self._skipped_in_a_row > self.max_skipped_steps:
-            scale = attempted[0].loss_scaler.get_scale()
-            raise FloatingPointError(
-                f'training diverged: the loss scaler skipped {self._skipped_in_a_row} '
-                f'consecutive steps up to iteration {runner.iter + 1} (non-finite gradients; '
-                f'loss scale now {scale:g}); no checkpoint was written after it (limit: '
-                f'DivergenceGuardHook max_skipped_steps={self.max_skipped_steps})')
+            raise FloatingPointError(self._collapse_message(attempted[0], runner.iter))
         return True
 
-    def _fold(self, runner, terms: Dict[str, torch.Tensor]) -> None:
-        """Merge this iteration's flags into the record of the first bad one (no sync)."""
+    def _count_on_device(self, runner, skipped: torch.Tensor) -> None:
+        """Consecutive skipped steps; the first iteration past the limit (no sync)."""
+        if self._skips_in_a_row is None:
+            self._skips_in_a_row = torch.zeros((), dtype=torch.long, device=skipped.device)
+            self._first_collapse = torch.full((), -1, dtype=torch.long, device=skipped.device)
+        self._skips_in_a_row = torch.where(skipped, self._skips_in_a_row + 1, 0)
+        new = (self._skips_in_a_row > self.max_skipped_steps) & (self._first_collapse < 0)
+        self._first_collapse = torch.where(new, self._first_collapse.new_full((), runner.iter),
+                                           self._first_collapse)
+
+    def _collapse_message(self, wrapper, it: int) -> str:
+        return (f'training diverged: the loss scaler skipped {self.max_skipped_steps + 1} '
+                f'consecutive steps up to iteration {it + 1} (non-finite gradients; loss '
+                f'scale now {wrapper.loss_scaler.get_scale():g}); no checkpoint was written '
+                f'after it (limit: DivergenceGuardHook max_skipped_steps='
+                f'{self.max_skipped_steps})')
+
+    def _fold(self, runner, terms: Dict[str, torch.Tensor],
+              skipped: Optional[torch.Tensor] = None) -> None:
+        """Merge this iteration's flags into the record of the first bad one (no sync); a
+        step the loss scaler skipped (``skipped`` true) adds nothing."""
         names = list(terms)
         values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
         grad_bad = torch.zeros(len(self._params), dtype=torch.bool, device=values.device)
@@ -180,6 +210,8 @@ class DivergenceGuardHook(Hook):
             grad_bad = ~self._grad_finite.to(values.device)  # no step (accumulation): none
         names += [f'gradient of {self._param_names.get(p, "?")}' for p in self._params]
         bad = torch.cat([~torch.isfinite(values), grad_bad])
+        if skipped is not None:
+            bad = bad & ~skipped.to(bad.device)
         values = torch.cat([values, torch.zeros(len(self._params), device=values.device)])
         if names != self._names:  # a different set of terms: settle the old record first
             self.check(runner)
@@ -198,7 +230,7 @@ class DivergenceGuardHook(Hook):
     def check(self, runner) -> None:
         """Raise if the record of any rank holds a bad iteration (one device->host read; in
         a distributed run one all-reduce, every rank raising the same message)."""
-        local = -1 if self._first_bad is None else int(self._first_bad)
+        local = self._first_bad_iteration()
         if is_distributed():
             if not global_max(local >= 0):
                 return  # no rank has a bad iteration
@@ -210,9 +242,25 @@ class DivergenceGuardHook(Hook):
         if local >= 0:
             raise FloatingPointError(self._report(runner)[1])
 
+    def _first_bad_iteration(self) -> int:
+        """The earliest iteration of the record and of the skip count, -1 if none (one
+        device->host read)."""
+        record = [t for t in (self._first_bad, self._first_collapse) if t is not None]
+        if not record:
+            return -1
+        iters = torch.stack([t.to(record[0].device) for t in record])
+        none = torch.iinfo(torch.long).max
+        first = int(torch.where(iters >= 0, iters, none).min())
+        return -1 if first == none else first
+
     def _report(self, runner):
         """(first bad iteration, message) of this rank's record."""
-        it = int(self._first_bad)
+        collapse = -1 if self._first_collapse is None else int(self._first_collapse)
+        it = -1 if self._first_bad is None else int(self._first_bad)
+        if collapse >= 0 and not 0 <= it < collapse:
+            wrapper = next(w for w, _ in self._optimizers(runner)
+                           if getattr(w, 'overflowed', None) is not None)
+            return collapse, self._collapse_message(wrapper, collapse)
         bad = [n for n, b in zip(self._names, self._bad_mask.tolist()) if b]
         values = dict(zip(self._names, self._bad_values.tolist()))
         losses = [n for n in bad if not n.startswith('gradient of ')]

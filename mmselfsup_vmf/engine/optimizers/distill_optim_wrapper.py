@@ -88,6 +88,21 @@ def clip_grad_per_tensor_(params: Iterable[torch.Tensor], max_norm: float,
     return norms.max()
 
 
+# how an optimiser computes its step, not what it has learnt: a checkpoint keeps the
+# configured choice (a non-fused checkpoint resumes into a fused fp16 recipe and back)
+IMPLEMENTATION_KEYS = ('fused', 'foreach')
+
+
+def keep_implementation(optimizer, state_dict: dict) -> dict:
+    """``load_state_dict`` pre-hook: the saved groups take this optimiser's implementation
+    flags (torch would take the saved ones; a fused step with the saved ``fused=None``
+    fails under a loss scaler). torch then also moves the step counters where fused AdamW
+    keeps them (float32, on the parameter's device)."""
+    groups = [dict(saved, **{k: group[k] for k in IMPLEMENTATION_KEYS if k in group})
+              for saved, group in zip(state_dict['param_groups'], optimizer.param_groups)]
+    return dict(state_dict, param_groups=groups)
+
+
 class GradEditMixin:
     """Per-tensor clipping + gradient cancellation for OptimWrapper and AmpOptimWrapper."""
 
@@ -167,6 +182,7 @@ class DistillOptimWrapper(GradEditMixin, OptimWrapper):
     def __init__(self, optimizer, clip_grad: Optional[dict] = None, **kwargs):
         OptimWrapper.__init__(self, optimizer, clip_grad=self._setup_grad_edit(clip_grad),
                               **kwargs)
+        optimizer.register_load_state_dict_pre_hook(keep_implementation)
 
     def step(self, **kwargs) -> None:
         logged = self._edit_grads() if self._needs_edit() else {}
@@ -192,6 +208,19 @@ def build_grad_scaler(loss_scale, device_type: str) -> Tuple[torch.amp.GradScale
                     f'{loss_scale!r}')
 
 
+def overflow_flag(scaler: torch.amp.GradScaler, optimizer) -> Optional[torch.Tensor]:
+    """Whether ``scaler.step(optimizer)`` found an infinity or NaN (i.e. skipped the update),
+    as a device bool tensor. Read from the scaler's per-optimiser record of this step (kept
+    until ``update``), which is what a fused optimiser receives as ``found_inf``; None for a
+    scaler without that record (DivergenceGuardHook then falls back on host logic)."""
+    states = getattr(scaler, '_per_optimizer_states', None)
+    if states is None or id(optimizer) not in states:
+        return None
+    found = states[id(optimizer)]['found_inf_per_device'].values()
+    device = scaler._get_scale_async().device
+    return sum(f.to(device, non_blocking=True) for f in found) > 0
+
+
 @OPTIM_WRAPPERS.register_module()
 class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
     """fp16/bf16 wrapper: unscale -> clip -> cancel frozen grads -> scaler step.
@@ -205,12 +234,24 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
 
     bf16 runs without loss scaling (``loss_scale`` is ignored; the scaler is disabled). With
     fp16 the scaler's overflow check reads a flag on the host every step unless the
-    optimiser applies it itself (``optimizer=dict(type='AdamW', fused=True)``).
+    optimiser applies it itself (``optimizer=dict(type='AdamW', fused=True)``, the fp16
+    recipes' setting: the step then always runs and skips its update on the device).
+    ``overflowed`` is the last step's overflow flag as a device tensor (bool), whether or not
+    the optimiser is fused, so that ``DivergenceGuardHook`` can count skipped steps without
+    a host read.
     """
+
+    overflowed: Optional[torch.Tensor] = None
 
     def __init__(self, optimizer, loss_scale='dynamic', dtype=None, use_fsdp: bool = False,
                  clip_grad: Optional[dict] = None, **kwargs):
         clip_grad = self._setup_grad_edit(clip_grad)
+        if use_fsdp and getattr(optimizer, '_step_supports_amp_scaling', False):
+            # torch 2.14: the sharded scaler all-reduces its overflow flag only in unscale_,
+            # as a (1,) tensor that the fused step rejects (it expects a scalar)
+            raise ValueError("AmpDistillOptimWrapper(use_fsdp=True): torch's "
+                             'ShardedGradScaler cannot step a fused optimiser; set '
+                             'optim_wrapper.optimizer.fused=False')
         if _has_accelerator():
             self.autocast_device = None  # mmengine's autocast picks the current device
             AmpOptimWrapper.__init__(self, loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp,
@@ -233,6 +274,7 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
             self.loss_scaler = torch.amp.GradScaler(self.autocast_device or 'cuda',
                                                      enabled=False)
             self._scale_update_param = None
+        optimizer.register_load_state_dict_pre_hook(keep_implementation)
 
     @contextmanager
     def optim_context(self, model: nn.Module):
@@ -250,6 +292,8 @@ class AmpDistillOptimWrapper(GradEditMixin, AmpOptimWrapper):
             self.loss_scaler.unscale_(self.optimizer)
             logged = self._edit_grads()
         self.loss_scaler.step(self.optimizer, **kwargs)
+        if self.loss_scaler.is_enabled():
+            self.overflowed = overflow_flag(self.loss_scaler, self.optimizer)
         self.loss_scaler.update(self._scale_update_param)
         self._log_norms(logged)
         if (self.autocast_device in numerics.HOST_CHECK_DEVICES  # looked up now (tests)

@@ -186,10 +186,12 @@ def toy_batches(bad):
     return [dict(inputs=x) for x in data]
 
 
-def run_scaled_toy(tmp_path, bad, max_skipped_steps):
+def run_scaled_toy(tmp_path, bad, max_skipped_steps, fused=False, **guard):
+    """fused: the optimiser skips the update itself (its step and the guard's gradient
+    pre-hook run on every iteration, overflow or not)."""
     from mmselfsup_vmf.engine.optimizers import AmpDistillOptimWrapper
     model = _ScaledToy()
-    wrapper = AmpDistillOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1),
+    wrapper = AmpDistillOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, fused=fused),
                                      dtype='bfloat16')
     # a real, enabled dynamic loss scaler (as fp16 on a GPU), growth out of reach
     wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=16.0, growth_interval=10**6)
@@ -198,26 +200,64 @@ def run_scaled_toy(tmp_path, bad, max_skipped_steps):
         train_dataloader=torch.utils.data.DataLoader(toy_batches(bad), batch_size=None),
         optim_wrapper=wrapper, train_cfg=dict(by_epoch=True, max_epochs=1),
         default_hooks=dict(checkpoint=None, sampler_seed=None, divergence=dict(
-            type='DivergenceGuardHook', max_skipped_steps=max_skipped_steps)),
+            type='DivergenceGuardHook', max_skipped_steps=max_skipped_steps, **guard)),
         default_scope='mmpretrain')
     runner.train()
     return model, wrapper
 
 
-def test_loss_scaler_skips_are_tolerated_up_to_the_limit(tmp_path):
+@pytest.mark.parametrize('fused', [False, True])
+def test_loss_scaler_skips_are_tolerated_up_to_the_limit(tmp_path, fused):
     # two runs of 3 skipped steps with a good one between: no error, 2 real SGD steps
-    model, wrapper = run_scaled_toy(tmp_path / 'a', [0, 1, 1, 1, 0, 1, 1, 1], 3)
+    model, wrapper = run_scaled_toy(tmp_path / 'a', [0, 1, 1, 1, 0, 1, 1, 1], 3, fused)
     assert wrapper.loss_scaler.get_scale() == 16.0 / 2 ** 6
     torch.testing.assert_close(model.w.detach(), torch.full((4,), 1 - 2 * 0.1))
 
 
-def test_too_many_consecutive_skips_stop_training(tmp_path):
+@pytest.mark.parametrize('fused', [False, True])
+@pytest.mark.parametrize('read_every_iter', [True, False])
+def test_too_many_consecutive_skips_stop_training(tmp_path, fused, read_every_iter):
+    # read_every_iter=False: the count is kept on the device and read at the epoch's end
+    # (iteration 6); the message still names iteration 5
     with pytest.raises(FloatingPointError) as excinfo:
-        run_scaled_toy(tmp_path / 'b', [0, 1, 1, 1, 1, 0], 3)
+        run_scaled_toy(tmp_path / 'b', [0, 1, 1, 1, 1, 0], 3, fused,
+                       read_every_iter=read_every_iter, check_interval=100)
     assert str(excinfo.value) == (
         'training diverged: the loss scaler skipped 4 consecutive steps up to iteration 5 '
         '(non-finite gradients; loss scale now 1); no checkpoint was written after it '
         '(limit: DivergenceGuardHook max_skipped_steps=3)')
+
+
+class _ProbeToy(_ScaledToy):
+    """Adds a logged term outside the graph: NaN where the batch says so, while the
+    gradients (and so the scaler) stay finite."""
+
+    def forward(self, inputs, probe=None, data_samples=None, mode='loss'):
+        return dict(loss=(self.w * inputs).sum(), loss_probe=probe)
+
+
+@pytest.mark.parametrize('fused', [False, True])
+def test_a_nonfinite_term_on_an_applied_step_is_an_error(tmp_path, fused):
+    """Only the scaler's own overflow flag excuses a step: a NaN term on a step it applied
+    stops training, with a fused optimiser too."""
+    from mmselfsup_vmf.engine.optimizers import AmpDistillOptimWrapper
+    model = _ProbeToy()
+    wrapper = AmpDistillOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1, fused=fused),
+                                     dtype='bfloat16')
+    wrapper.loss_scaler = torch.amp.GradScaler('cpu', init_scale=16.0, growth_interval=10**6)
+    batches = [dict(inputs=torch.ones(4), probe=torch.tensor(float('nan') if i == 2 else 0.))
+               for i in range(4)]
+    runner = Runner(
+        model=model, work_dir=str(tmp_path),
+        train_dataloader=torch.utils.data.DataLoader(batches, batch_size=None),
+        optim_wrapper=wrapper, train_cfg=dict(by_epoch=True, max_epochs=1),
+        default_hooks=dict(checkpoint=None, sampler_seed=None, divergence=dict(
+            type='DivergenceGuardHook', read_every_iter=False, check_interval=100)),
+        default_scope='mmpretrain')
+    with pytest.raises(FloatingPointError, match=r'^training diverged at iteration 3: '
+                       r'non-finite loss_probe=nan'):
+        runner.train()
+    assert wrapper.loss_scaler.get_scale() == 16.0  # no step was skipped
 
 
 def test_plain_wrapper_stops_at_the_first_nonfinite_loss(tmp_path):
