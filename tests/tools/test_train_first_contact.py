@@ -88,8 +88,11 @@ def test_resume_labels_its_knn_and_refuses_a_longer_schedule_with_the_fix(tmp_pa
     assert f'--cfg-options load_from={checkpoint}' in message and '--work-dir' in message
 
     # the fix it names: a new run of 2 epochs from the checkpoint's weights
+    # its own experiment name: mmengine names the visualizer after the start second, and a
+    # run started in the same second as the refused one would log into that run's work dir
     longer = train.main([config, '--epochs', '2', '--work-dir', str(tmp_path / 'longer'),
-                         '--cfg-options', f'load_from={checkpoint}'])
+                         '--cfg-options', f'load_from={checkpoint}',
+                         'experiment_name=longer_schedule'])
     assert longer.iter == 4 and longer.epoch == 2
     cfg = Config.fromfile(config)
     base = cfg.optim_wrapper.optimizer.lr * 16 / cfg.auto_scale_lr.base_batch_size
