@@ -1,0 +1,123 @@
+"""Batched, gate-masked device operations of multi-crop: no host reads, no per-sample calls.
+
+Every per-sample choice (box, flip, colour gates and factors, blur sigma) is a tensor on the
+device; an operation runs on the whole batch and a gate selects its result with
+``torch.where`` (or a neutral factor), so nothing waits for the device to say which samples
+to touch. The formulas are those of the kornia modules this replaces (the same as
+torchvision's for the colour ops).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+CUBIC_A = -0.75  # torch's (and PIL's) bicubic convolution coefficient
+
+
+def resample_taps(start: torch.Tensor, length: torch.Tensor, out: int, mode: str):
+    """Source indices and weights ``(N, out, taps)`` that resize the span
+    ``[start, start + length)`` of each row to ``out`` samples, as ``F.interpolate`` of the
+    sliced span (``align_corners=False``, no antialias, edge taps clamped into the span)."""
+    i = torch.arange(out, device=start.device, dtype=start.dtype)
+    src = (i + 0.5) * (length[:, None] / out) - 0.5
+    last = length[:, None] - 1
+    if mode == 'bilinear':
+        src = src.clamp(min=0)
+        low = src.floor()
+        t = src - low
+        idx = torch.stack([low, torch.minimum(low + 1, last)], -1)
+        weights = torch.stack([1 - t, t], -1)
+    else:  # bicubic
+        low = src.floor()
+        t = src - low
+        offsets = torch.arange(-1, 3, device=start.device, dtype=start.dtype)
+        idx = torch.minimum((low[..., None] + offsets).clamp(min=0), last[..., None])
+        a = CUBIC_A
+        d = torch.stack([t + 1, t, 1 - t, 2 - t], -1)  # distances to the four taps
+        near = ((a + 2) * d - (a + 3)) * d * d + 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+        weights = torch.where(d <= 1, near, far)
+    return (idx + start[:, None, None]).long(), weights
+
+
+def crop_resize(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int,
+                mode: str) -> torch.Tensor:
+    """One resized crop per image of ``x`` (N, C, H, W): ``box`` (N, 4) = (top, left, h, w)
+    in pixels, ``flip`` (N,) 0/1, output (N, C, size, size); separable gathers, rows then
+    columns. The flip reverses the column taps, so it costs nothing."""
+    n, c, _, width = x.shape
+    top, left, h, w = box.unbind(1)
+    row_idx, row_w = resample_taps(top, h, size, mode)
+    col_idx, col_w = resample_taps(left, w, size, mode)
+    flipped = flip.view(n, 1, 1) > 0.5
+    col_idx = torch.where(flipped, col_idx.flip(1), col_idx)
+    col_w = torch.where(flipped, col_w.flip(1), col_w)
+    taps = row_idx.shape[-1]
+    rows = x.gather(2, row_idx.view(n, 1, size * taps, 1).expand(n, c, size * taps, width))
+    rows = (rows.view(n, c, size, taps, width) * row_w.view(n, 1, size, taps, 1)).sum(3)
+    cols = rows.gather(3, col_idx.view(n, 1, 1, size * taps).expand(n, c, size, size * taps))
+    return (cols.view(n, c, size, size, taps) * col_w.view(n, 1, 1, size, taps)).sum(-1)
+
+
+def gray(y: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (PIL's ``convert('L')`` weights), (N, 1, H, W)."""
+    r, g, b = y.unbind(1)
+    return (0.299 * r + 0.587 * g + 0.114 * b)[:, None]
+
+
+def rgb_hue_shift(y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Hue rotated by ``shift`` turns (N,), through HSV (kornia's ``adjust_hue``)."""
+    from kornia.color import hsv_to_rgb, rgb_to_hsv
+    hsv = rgb_to_hsv(y)
+    hue = torch.remainder(hsv[:, :1] + shift.view(-1, 1, 1, 1) * 2 * math.pi, 2 * math.pi)
+    return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1))
+
+
+def color_jitter(y: torch.Tensor, applied: torch.Tensor, factors: torch.Tensor,
+                 order: torch.Tensor, with_hue: bool) -> torch.Tensor:
+    """torchvision's ColorJitter with a random order per image. ``applied`` (N,) 0/1,
+    ``factors`` (N, 4) brightness, contrast, saturation, hue; ``order`` (N, 4) operation
+    indices. Step k applies each image's ``order[:, k]``: brightness, contrast and
+    saturation as one affine blend ``f x + (1 - f) (mean gray | gray)`` whose neutral
+    coefficients (1, 0, 0) leave an image unchanged exactly; hue through ``torch.where``."""
+    on = applied.view(-1, 1) > 0.5
+    for step in range(4):
+        op = order[:, step:step + 1]
+        chosen = on & (op == torch.arange(4, device=y.device, dtype=op.dtype))  # (N, 4)
+        f = torch.where(chosen[:, :3], factors[:, :3], torch.ones_like(factors[:, :3]))
+        scale = f.prod(1)  # the one chosen factor, or 1
+        to_mean = (1 - f[:, 1]).view(-1, 1, 1, 1)
+        to_gray = (1 - f[:, 2]).view(-1, 1, 1, 1)
+        luma = gray(y)
+        y = (scale.view(-1, 1, 1, 1) * y + to_mean * luma.mean((2, 3), keepdim=True)
+             + to_gray * luma).clamp(0, 1)
+        if with_hue:
+            shifted = rgb_hue_shift(y, factors[:, 3])
+            y = torch.where(chosen[:, 3].view(-1, 1, 1, 1), shifted, y).clamp(0, 1)
+    return y
+
+
+def grayscale(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return torch.where(gate.view(-1, 1, 1, 1) > 0.5, gray(y).expand_as(y), y)
+
+
+def gaussian_blur(y: torch.Tensor, gate: torch.Tensor, sigma: torch.Tensor,
+                  kernel: int) -> torch.Tensor:
+    """Separable Gaussian blur of ``kernel`` taps, per-image ``sigma``, reflected borders
+    (kornia's ``gaussian_blur2d``, whose sigma check reads the device), where ``gate``."""
+    n, c, h, w = y.shape
+    x = torch.arange(kernel, device=y.device, dtype=y.dtype) - kernel // 2
+    taps = torch.exp(-x ** 2 / (2 * sigma.view(-1, 1) ** 2))
+    taps = (taps / taps.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c, kernel)
+    half = kernel // 2
+    padded = F.pad(y, (half, half, half, half), mode='reflect').view(1, n * c, h + 2 * half,
+                                                                      w + 2 * half)
+    # one grouped convolution per direction: a kernel per image and channel
+    rows = F.conv2d(padded, taps.view(n * c, 1, 1, kernel), groups=n * c)
+    blurred = F.conv2d(rows, taps.view(n * c, 1, kernel, 1), groups=n * c).view(n, c, h, w)
+    return torch.where(gate.view(-1, 1, 1, 1) > 0.5, blurred, y)
+
+
+def solarize(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.solarize(threshold=128)`` on [0, 1] values, where ``gate``."""
+    return torch.where((gate.view(-1, 1, 1, 1) > 0.5) & (y >= 0.5), 1 - y, y)
