@@ -73,27 +73,35 @@ def rgb_hue_shift(y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1))
 
 
+def blend_step(y: torch.Tensor, chosen: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast or saturation, whichever ``chosen`` (N, 3) 0/1 selects per image,
+    as one affine blend ``f x + (1 - f) (mean gray | gray)``; an image with none chosen gets
+    the coefficients (1, 0, 0) and is left unchanged exactly."""
+    f = torch.where(chosen, factors, torch.ones_like(factors))
+    scale = f.prod(1).view(-1, 1, 1, 1)  # the one chosen factor, or 1
+    luma = gray(y)
+    return (scale * y + (1 - f[:, 1]).view(-1, 1, 1, 1) * luma.mean((2, 3), keepdim=True)
+            + (1 - f[:, 2]).view(-1, 1, 1, 1) * luma).clamp(0, 1)
+
+
 def color_jitter(y: torch.Tensor, applied: torch.Tensor, factors: torch.Tensor,
                  order: torch.Tensor, with_hue: bool) -> torch.Tensor:
     """torchvision's ColorJitter with a random order per image. ``applied`` (N,) 0/1,
     ``factors`` (N, 4) brightness, contrast, saturation, hue; ``order`` (N, 4) operation
-    indices. Step k applies each image's ``order[:, k]``: brightness, contrast and
-    saturation as one affine blend ``f x + (1 - f) (mean gray | gray)`` whose neutral
-    coefficients (1, 0, 0) leave an image unchanged exactly; hue through ``torch.where``."""
+    indices. The hue shift (the costly one) runs once: the blend steps before it in each
+    image's order, then the shift, then the blend steps after it."""
     on = applied.view(-1, 1) > 0.5
-    for step in range(4):
-        op = order[:, step:step + 1]
-        chosen = on & (op == torch.arange(4, device=y.device, dtype=op.dtype))  # (N, 4)
-        f = torch.where(chosen[:, :3], factors[:, :3], torch.ones_like(factors[:, :3]))
-        scale = f.prod(1)  # the one chosen factor, or 1
-        to_mean = (1 - f[:, 1]).view(-1, 1, 1, 1)
-        to_gray = (1 - f[:, 2]).view(-1, 1, 1, 1)
-        luma = gray(y)
-        y = (scale.view(-1, 1, 1, 1) * y + to_mean * luma.mean((2, 3), keepdim=True)
-             + to_gray * luma).clamp(0, 1)
-        if with_hue:
+    ops = torch.arange(4, device=y.device, dtype=order.dtype)
+    chosen = on[:, :, None] & (order[:, :, None] == ops)  # (N, step, op)
+    hue_step = (order == 3).to(order.dtype).argmax(1, keepdim=True)  # (N, 1)
+    steps = torch.arange(4, device=y.device, dtype=order.dtype)
+    before = (steps < hue_step) if with_hue else torch.ones_like(chosen[:, :, 0])
+    for phase in ((before,) if not with_hue else (before, steps > hue_step)):
+        for step in range(4):
+            y = blend_step(y, chosen[:, step, :3] & phase[:, step:step + 1], factors[:, :3])
+        if with_hue and phase is before:
             shifted = rgb_hue_shift(y, factors[:, 3])
-            y = torch.where(chosen[:, 3].view(-1, 1, 1, 1), shifted, y).clamp(0, 1)
+            y = torch.where(chosen[:, :, 3].any(1).view(-1, 1, 1, 1), shifted, y).clamp(0, 1)
     return y
 
 
