@@ -98,14 +98,14 @@ def main():
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
                             text=True, cwd=os.path.dirname(mmselfsup_vmf.datasets.__file__))
     row['commit'] = commit.stdout.strip()
+    row['load_average_1min'] = round(os.getloadavg()[0], 2)  # a shared machine: timings vary
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
     results.setdefault('rows', {})[args.label] = row
     results['command'] = ('OMP_NUM_THREADS=1 PYTHONPATH=<checkout> python '
                           'benchmarks/bench_device_crops_ops.py --label <label> '
                           f'--batch {args.batch} --size {args.size} --rounds {args.rounds}')
     results['machine'] = f'{platform.machine()} {platform.processor() or ""}'.strip() + \
-        f', torch {torch.__version__}, 1 thread, date {time.strftime("%Y-%m-%d")}, ' \
-        f'load average {os.getloadavg()[0]:.2f}'
+        f', torch {torch.__version__}, 1 thread, date {time.strftime("%Y-%m-%d")}'
     with open(args.out, 'w') as f:
         json.dump(results, f, indent=1)
     print(json.dumps(row, indent=1))

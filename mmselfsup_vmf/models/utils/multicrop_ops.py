@@ -40,23 +40,42 @@ def resample_taps(start: torch.Tensor, length: torch.Tensor, out: int, mode: str
     return (idx + start[:, None, None]).long(), weights
 
 
+def row_table(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N * H, C * W): one image row per table row, so that resampling picks
+    whole rows with ``index_select`` (contiguous copies) instead of element gathers."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 1, 3).reshape(n * h, c * w)
+
+
+def pick_and_blend(table: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor,
+                   rows_per_image: int) -> torch.Tensor:
+    """Rows ``idx`` (N, out, taps) of each image's block of ``table``, blended by
+    ``weights``: (N, out, table columns)."""
+    n, out, taps = idx.shape
+    first = torch.arange(n, device=idx.device).view(n, 1, 1) * rows_per_image
+    picked = table.index_select(0, (idx + first).view(-1)).view(n * out, taps, -1)
+    return torch.bmm(weights.reshape(n * out, 1, taps), picked).view(n, out, -1)
+
+
 def crop_resize(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, size: int,
-                mode: str) -> torch.Tensor:
+                mode: str, table: torch.Tensor = None) -> torch.Tensor:
     """One resized crop per image of ``x`` (N, C, H, W): ``box`` (N, 4) = (top, left, h, w)
-    in pixels, ``flip`` (N,) 0/1, output (N, C, size, size); separable gathers, rows then
-    columns. The flip reverses the column taps, so it costs nothing."""
-    n, c, _, width = x.shape
+    in pixels, ``flip`` (N,) 0/1, output (N, C, size, size). Separable: the output rows are
+    blends of picked input rows, then the output columns of picked columns. The flip
+    reverses the column taps, so it costs nothing. ``table``: ``row_table(x)``, shared by
+    the views of one batch."""
+    n, c, height, width = x.shape
     top, left, h, w = box.unbind(1)
     row_idx, row_w = resample_taps(top, h, size, mode)
     col_idx, col_w = resample_taps(left, w, size, mode)
     flipped = flip.view(n, 1, 1) > 0.5
     col_idx = torch.where(flipped, col_idx.flip(1), col_idx)
     col_w = torch.where(flipped, col_w.flip(1), col_w)
-    taps = row_idx.shape[-1]
-    rows = x.gather(2, row_idx.view(n, 1, size * taps, 1).expand(n, c, size * taps, width))
-    rows = (rows.view(n, c, size, taps, width) * row_w.view(n, 1, size, taps, 1)).sum(3)
-    cols = rows.gather(3, col_idx.view(n, 1, 1, size * taps).expand(n, c, size, size * taps))
-    return (cols.view(n, c, size, size, taps) * col_w.view(n, 1, 1, size, taps)).sum(-1)
+    table = row_table(x) if table is None else table
+    rows = pick_and_blend(table, row_idx, row_w, height).view(n, size, c, width)
+    columns = rows.permute(0, 3, 1, 2).reshape(n * width, size * c)  # a column per row
+    out = pick_and_blend(columns, col_idx, col_w, width).view(n, size, size, c)
+    return out.permute(0, 3, 2, 1).contiguous()  # (n, size_x, size_y, c) -> (n, c, y, x)
 
 
 def gray(y: torch.Tensor) -> torch.Tensor:
@@ -95,11 +114,14 @@ def color_jitter(y: torch.Tensor, applied: torch.Tensor, factors: torch.Tensor,
     chosen = on[:, :, None] & (order[:, :, None] == ops)  # (N, step, op)
     hue_step = (order == 3).to(order.dtype).argmax(1, keepdim=True)  # (N, 1)
     steps = torch.arange(4, device=y.device, dtype=order.dtype)
-    before = (steps < hue_step) if with_hue else torch.ones_like(chosen[:, :, 0])
-    for phase in ((before,) if not with_hue else (before, steps > hue_step)):
-        for step in range(4):
+    if not with_hue:
+        phases = ((torch.ones_like(chosen[:, :, 0]), range(4)),)
+    else:  # a blend before the shift is at step 0-2, one after it at step 1-3
+        phases = ((steps < hue_step, range(3)), (steps > hue_step, range(1, 4)))
+    for k, (phase, step_range) in enumerate(phases):
+        for step in step_range:
             y = blend_step(y, chosen[:, step, :3] & phase[:, step:step + 1], factors[:, :3])
-        if with_hue and phase is before:
+        if with_hue and k == 0:
             shifted = rgb_hue_shift(y, factors[:, 3])
             y = torch.where(chosen[:, :, 3].any(1).view(-1, 1, 1, 1), shifted, y).clamp(0, 1)
     return y

@@ -158,9 +158,10 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         batch = x.shape[0]
         p = unpack_params(params)
         views = []
+        table = ops.row_table(x)  # shared by every view's crop
         for first, stop, size in self.size_groups():
             crops = [ops.crop_resize(x, p['box'][:, v], p['flip'][:, v, 0], size,
-                                     self.interpolation).clamp_(0, 1)
+                                     self.interpolation, table).clamp_(0, 1)
                      for v in range(first, stop)]
             # view-major (V_group * B, ...), the order of torch.cat(crops)
             flat = unpack_params(params[:, first:stop].transpose(0, 1).reshape(
