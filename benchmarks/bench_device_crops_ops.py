@@ -67,18 +67,19 @@ def loader_batch(batch: int, size: int, seed: int) -> dict:
     return collate(samples)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--label', required=True, help='name of this checkout in the JSON')
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--size', type=int, default=384, help='DeviceMultiCropInput size')
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--out', default='benchmarks/results/loader/device_crops_preprocessor.json')
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
+    from mmpretrain.registry import MODELS
+
     import mmselfsup_vmf.datasets  # noqa: F401  (registers the transforms)
     import mmselfsup_vmf.models  # noqa: F401
-    from mmpretrain.registry import MODELS
     pre = MODELS.build(dict(type='MultiCropDataPreprocessor', mean=[123.675, 116.28, 103.53],
                             std=[58.395, 57.12, 57.375], to_rgb=True, **LAWS))
     batches = [loader_batch(args.batch, args.size, seed) for seed in range(args.rounds + 1)]
