@@ -1,21 +1,14 @@
 """benchmarks/bench_device_crops_ops.py: a short run merges its row by label, and the
 batched device-crop preprocessor of this checkout reads nothing on the host (the counter
 sees the reads of a preprocessor that does)."""
-import importlib.util
 import json
-import os.path as osp
 
 import torch
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from testing_utils import load_tool
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        'bench_device_crops_ops', osp.join(ROOT, 'benchmarks', 'bench_device_crops_ops.py'))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_tool('benchmarks/bench_device_crops_ops.py')
 
 
 def test_short_run_writes_a_row_without_host_reads(tmp_path):
