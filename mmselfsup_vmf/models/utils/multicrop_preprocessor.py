@@ -38,11 +38,13 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
 
     In training, ``inputs`` must be the stacked ``(B, 3, S, S)`` uint8 images of the light
     loader pipeline (``DeviceMultiCropInput`` + ``PackInputs(meta_keys=('img_shape',
-    'aug_seed'))``); the output ``inputs`` is the list of views, globals first, each
-    ``(B, 3, size, size)`` and normalised as by the parent. In eval mode it is the parent.
-    The arguments mirror ``MultiCrop`` (same defaults, same distributions).
+    'aug_seed', 'crop_params'))``, collated by ``multicrop_collate`` or ``masked_collate``,
+    which add the packed ``crop_params`` tensor); the output ``inputs`` is the list of views,
+    globals first, each ``(B, 3, size, size)`` and normalised as by the parent. In eval mode
+    it is the parent. The arguments mirror ``MultiCrop`` (same defaults, same distributions).
 
     Args:
+        interpolation: ``'bicubic'`` or ``'bilinear'`` resampling of the crops.
         blur: ``'pil'`` (DINO: sigma ~ U[0.1, 2], 13-tap kernel) or ``'kernel9'`` (DINOv2).
         color_jitter, color_jitter_prob, grayscale_prob, flip_prob: as ``MultiCrop``.
         non_blocking: copy the batch to the device without waiting (pinned memory).
