@@ -8,7 +8,6 @@ import time
 import numpy as np
 import torch
 from mmengine.config import Config
-from mmengine.dataset import default_collate
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
@@ -201,7 +200,8 @@ def device_crop_row(paths, args, cores):
         cfg = Config.fromfile(base)
         seconds, outs = pipeline_seconds(cfg.train_pipeline, paths)
         pre = MODELS.build(copy.deepcopy(cfg.data_preprocessor)).to(args.device)
-        batch = default_collate(outs)
+        from mmselfsup_vmf.datasets import multicrop_collate
+        batch = multicrop_collate(outs)  # the config's: the views' parameters packed
         pre(copy.deepcopy(batch), True)
         if args.device.startswith('cuda'):
             torch.cuda.synchronize()

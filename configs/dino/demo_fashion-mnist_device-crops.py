@@ -9,7 +9,9 @@ crop_laws = dict(num_global=2, num_local=2, global_size=28, local_size=14,
                  local_blur_prob=0.2)
 model = dict(data_preprocessor=dict(
     type='MultiCropDataPreprocessor', interpolation='bilinear', **crop_laws))
-train_dataloader = dict(dataset=dict(dataset=dict(pipeline=[
-    dict(type='DeviceMultiCropInput', size=28, **crop_laws),
-    dict(type='PackInputs', meta_keys=('img_shape', 'aug_seed', 'crop_params')),
-])))
+train_dataloader = dict(collate_fn=dict(type='multicrop_collate'),  # one parameter tensor
+                        dataset=dict(dataset=dict(pipeline=[
+                            dict(type='DeviceMultiCropInput', size=28, **crop_laws),
+                            dict(type='PackInputs',
+                                 meta_keys=('img_shape', 'aug_seed', 'crop_params')),
+                        ])))

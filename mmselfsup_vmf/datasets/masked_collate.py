@@ -18,6 +18,10 @@ different ones because they hold different indices. The rank itself is not part 
 seed: a forked worker knows it, a spawned one does not. ``MASK_STREAM`` keeps a batch of
 one sample from reusing that sample's augmentation seed, ``(seed, epoch, index)``.
 The epoch also switches the masks on at ``mask_start_epoch`` (iBOT's ``pred_start_epoch``).
+
+With device crops, both collate functions here also stack the samples' ``crop_params``
+(drawn by ``DeviceMultiCropInput``) into one float32 tensor ``(B, V, PARAM_WIDTH)``, so the
+loader pins it and the data preprocessor copies it to the device once per batch.
 """
 from typing import Optional, Sequence
 
@@ -27,6 +31,7 @@ from mmengine.dataset import default_collate
 from mmengine.registry import FUNCTIONS
 
 from ..models.utils.masking import global_grid, global_view_masks, mask_law
+from ..models.utils.multicrop_params import pack_params
 
 MASK_STREAM = 0x6D61736B  # 'mask'
 
@@ -53,6 +58,22 @@ def sample_keys(data_samples) -> list:
         raise ValueError('masked_collate: the batch has no data_samples (the pipeline must '
                          'end with PackInputs)')
     return keys
+
+
+def stack_crop_params(batch: dict) -> dict:
+    """Adds ``crop_params``, the packed parameters of every sample's views, when the samples
+    carry them (``DeviceMultiCropInput`` + ``PackInputs(meta_keys=(..., 'crop_params'))``)."""
+    samples = batch.get('data_samples') or ()
+    drawn = [getattr(s, 'metainfo', {}).get('crop_params') for s in samples]
+    if drawn and all(d is not None for d in drawn):
+        batch['crop_params'] = torch.from_numpy(np.stack([pack_params(d) for d in drawn]))
+    return batch
+
+
+@FUNCTIONS.register_module()
+def multicrop_collate(data_batch: Sequence[dict]) -> dict:
+    """``default_collate`` + the batch's packed ``crop_params`` (device crops without masks)."""
+    return stack_crop_params(default_collate(data_batch))
 
 
 @FUNCTIONS.register_module()
@@ -86,4 +107,4 @@ def masked_collate(data_batch: Sequence[dict], patch_size: int = 16,
                               batch_mask_rng(keys), masked, **law['mask_cfg'])
     batch['masks'] = torch.from_numpy(masks)
     batch['mask_law'] = law
-    return batch
+    return stack_crop_params(batch)

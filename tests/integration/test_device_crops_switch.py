@@ -39,14 +39,22 @@ def test_switched_demo_config_trains_one_step(method, tmp_path):
     assert pre.type == ('MaskedMultiCropDataPreprocessor' if method in MASKED
                         else 'MultiCropDataPreprocessor')
     assert all(pre[k] == v for k, v in crop.items() if k != 'type')  # the same laws
+    assert cfg.train_dataloader.collate_fn.type == ('masked_collate' if method in MASKED
+                                                    else 'multicrop_collate')
     cfg.train_cfg.max_epochs = 1
     runner = Runner.from_cfg(cfg)
     outputs = []
     forward = runner.model.data_preprocessor.forward
-    runner.model.data_preprocessor.forward = lambda data, training=False: outputs.append(
-        forward(data, training)) or outputs[-1]
+    packed = []  # the views' parameters come packed from the loader
+
+    def record(data, training=False):
+        packed.append(data.get('crop_params'))
+        outputs.append(forward(data, training))
+        return outputs[-1]
+    runner.model.data_preprocessor.forward = record
     runner.train()
     assert runner.iter == 1
+    assert packed[0].shape == (16, 4, 18) and packed[0].dtype == torch.float32
     views = outputs[0]['inputs']
     assert [tuple(v.shape) for v in views] == [(16, 3, 28, 28)] * 2 + [(16, 3, 14, 14)] * 2
     assert views[0].dtype == torch.float32

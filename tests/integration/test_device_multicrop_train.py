@@ -19,6 +19,7 @@ def device_crops(cfg):
         type='MultiCropDataPreprocessor', mean=[72.9] * 3, std=[90.0] * 3, to_rgb=False,
         interpolation='bilinear', **LAWS)
     cfg.train_dataloader.dataset.dataset.pipeline = DEVICE_PIPELINE
+    cfg.train_dataloader.collate_fn = dict(type='multicrop_collate')  # packed parameters
 
 
 def train(cfg):

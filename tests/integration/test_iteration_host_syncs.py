@@ -15,6 +15,8 @@ may read. This holds in fp32 (the demo configs' precision) and in fp16 with the 
 recipes' optimiser (dynamic loss scaling, fused AdamW: the scaler hands its overflow flag to
 the optimiser instead of reading it; DivergenceGuardHook counts skipped steps on the device).
 With a non-fused optimiser, torch's GradScaler reads that flag before every step.
+With ``device_crops`` (crops on the data preprocessor's device), the data preprocessor is
+counted too: it crops and augments from the loader's packed parameters without a read.
 """
 import inspect
 import os.path as osp
@@ -27,6 +29,7 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
+from mmselfsup_vmf.datasets.transforms.device_multicrop import use_device_crops
 from mmselfsup_vmf.models.losses import numerics
 
 TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -66,10 +69,13 @@ class OpenCount(Hook):
 
     priority = 'HIGHEST'
 
-    def __init__(self, reads):
+    def __init__(self, reads, count_preprocessor=False):
         self.reads, self.counter = reads, None
+        self.count_preprocessor = count_preprocessor
 
     def before_train(self, runner):
+        if self.count_preprocessor:
+            return
         # the data preprocessor's copies of the batch are the loader's part (not counted)
         pre = runner.model.data_preprocessor
         pre.register_forward_pre_hook(lambda *args: setattr(self.counter, 'closed', True))
@@ -95,10 +101,13 @@ class CloseCount(Hook):
         self.opener.reads.append(counter.reads)
 
 
-def silent_reads(method, tmp_path, monkeypatch, fp16=False, fused=True):
+def silent_reads(method, tmp_path, monkeypatch, fp16=False, fused=True, device_crops=False):
     """Host reads per iteration that does not log, by kind and place."""
     monkeypatch.setattr(numerics, 'HOST_CHECK_DEVICES', set())
     cfg = tiny_method_cfg(method, tmp_path, num_train=BATCH * ITERS, batch=BATCH)
+    if device_crops:  # 'cpu': the switch's laws and preprocessor, run here on the CPU
+        cfg.device_crops = 'cpu'
+        use_device_crops(cfg)
     if fp16:  # the ImageNet recipes' precision (all but SimDINOv2's bf16)
         cfg.optim_wrapper.update(type='AmpDistillOptimWrapper', dtype='float16',
                                  loss_scale='dynamic')
@@ -109,7 +118,7 @@ def silent_reads(method, tmp_path, monkeypatch, fp16=False, fused=True):
         cfg.default_hooks.prototype_monitor.interval = None  # plot every iteration on a CPU)
     runner = Runner.from_cfg(cfg)
     reads = []
-    opener = OpenCount(reads)
+    opener = OpenCount(reads, count_preprocessor=device_crops)
     runner.register_hook(opener)
     runner.register_hook(CloseCount(opener))
     runner.train()
@@ -124,6 +133,15 @@ def silent_reads(method, tmp_path, monkeypatch, fp16=False, fused=True):
 @pytest.mark.parametrize('method', METHODS)
 def test_only_logging_iterations_read_the_device(method, tmp_path, monkeypatch):
     silent = {i: r for i, r in silent_reads(method, tmp_path, monkeypatch).items() if r}
+    assert not silent, '\n'.join(f'iteration {i}: {r}' for i, r in silent.items())
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_device_crops_iterations_read_nothing_outside_logging(method, tmp_path, monkeypatch):
+    """The whole iteration, the data preprocessor's crops, colour operations and masks
+    included."""
+    silent = {i: r for i, r in silent_reads(method, tmp_path, monkeypatch,
+                                            device_crops=True).items() if r}
     assert not silent, '\n'.join(f'iteration {i}: {r}' for i, r in silent.items())
 
 

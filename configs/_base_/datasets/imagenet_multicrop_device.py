@@ -11,4 +11,6 @@ train_pipeline = [
     dict(type='DeviceMultiCropInput', size=384, **crop_laws),  # draws the views' parameters
     dict(type='PackInputs', meta_keys=('img_shape', 'aug_seed', 'crop_params')),
 ]
-train_dataloader = dict(dataset=dict(dataset=dict(pipeline=train_pipeline)))
+# stacks the views' parameters into one tensor per batch (pinned, copied once)
+train_dataloader = dict(collate_fn=dict(type='multicrop_collate'),
+                        dataset=dict(dataset=dict(pipeline=train_pipeline)))

@@ -151,6 +151,10 @@ def use_device_crops(cfg, check_device: bool = True):
     if isinstance(collate, dict) and collate.get('type') == 'masked_collate':
         # the loader now sees whole images: the masks' grid comes from the crop size
         collate['global_size'] = crop.get('global_size', 224)
+    elif collate is None or (isinstance(collate, dict)
+                             and collate.get('type') in ('default_collate', 'pseudo_collate')):
+        # stacks the views' parameters into one tensor the loader pins
+        cfg.train_dataloader.collate_fn = ConfigDict(type='multicrop_collate')
     cfg.device_crops = mode  # the dumped config says the switch was applied
     return cfg
 

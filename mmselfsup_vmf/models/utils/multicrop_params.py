@@ -118,3 +118,28 @@ def multicrop_laws(num_global: int = 2, num_local: int = 10, global_size: int = 
 
 
 LAW_ARGS = tuple(inspect.signature(multicrop_laws).parameters)
+
+
+# the packed layout of one view's parameters: (name, width); booleans as 0/1, the jitter
+# order as operation indices. float32 holds the integer boxes exactly (< 2**24 px).
+PARAM_LAYOUT = (('box', 4), ('flip', 1), ('jitter', 1), ('jitter_factors', 4),
+                ('jitter_order', 4), ('grayscale', 1), ('blur', 1), ('sigma', 1),
+                ('solarize', 1))
+PARAM_WIDTH = sum(width for _, width in PARAM_LAYOUT)
+
+
+def pack_params(params: Dict[str, np.ndarray]) -> np.ndarray:
+    """Arrays of shape ``(..., V[, width])`` -> one float32 array ``(..., V, PARAM_WIDTH)``
+    in the order of ``PARAM_LAYOUT`` (one tensor per batch to pin and copy)."""
+    columns = [np.asarray(params[name], np.float32).reshape(*params['box'].shape[:-1], width)
+               for name, width in PARAM_LAYOUT]
+    return np.concatenate(columns, -1)
+
+
+def unpack_params(packed):
+    """``(..., PARAM_WIDTH)`` array or tensor -> dict of views ``(..., width)`` (no copy)."""
+    out, start = {}, 0
+    for name, width in PARAM_LAYOUT:
+        out[name] = packed[..., start:start + width]
+        start += width
+    return out

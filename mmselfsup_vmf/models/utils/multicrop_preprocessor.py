@@ -1,10 +1,12 @@
-"""DINO's multi-crop on the data preprocessor's device, batched with kornia's augmentations.
+"""DINO's multi-crop on the data preprocessor's device, batched, with no host read.
 
 The loader decodes, resizes and draws every view's random parameters
 (``DeviceMultiCropInput`` with :mod:`.multicrop_params`, from the sample's ``aug_seed``,
-drawn under ``SeededDataset``, hence a function of (seed, epoch, sample index)); here every
-view is cropped, flipped, colour-jittered, greyed, blurred and solarised by
-``kornia.augmentation`` modules called with those parameters: runs are reproducible and
+drawn under ``SeededDataset``, hence a function of (seed, epoch, sample index)) and its
+collate function packs them into one tensor, pinned with the batch; here every view is
+cropped and flipped by one batched resampling, then colour-jittered, greyed, blurred and
+solarised on the whole batch, each gate choosing per image with ``torch.where``
+(:mod:`.multicrop_ops`): the step never waits for the device, runs are reproducible and
 resume exactly, whatever the batch composition or number of workers. Where kornia's
 operations differ from DINO's PIL ones is listed in
 ``docs/methods.md#multi-crop-on-the-device``.
@@ -16,20 +18,18 @@ import torch
 from mmpretrain.models.utils.data_preprocessor import SelfSupDataPreprocessor
 from mmpretrain.registry import MODELS
 
+from . import multicrop_ops as ops
 from .mask_preprocessor import MaskedSelfSupDataPreprocessor
-from .multicrop_params import draw_sample_params, multicrop_laws
+from .multicrop_params import (
+    PARAM_WIDTH,
+    draw_sample_params,
+    multicrop_laws,
+    pack_params,
+    unpack_params,
+)
 
 BLUR_KERNELS = dict(pil=13, kernel9=9)  # 'pil': +-3 sigma of the largest sigma (2.0)
-
-
-def crop_corners(boxes: np.ndarray) -> torch.Tensor:
-    """(N, 4) boxes (top, left, h, w) -> kornia's (N, 4, 2) inclusive (x, y) corners,
-    clockwise from the top left."""
-    t = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
-    top, left, h, w = t.unbind(1)
-    right, bottom = left + w - 1, top + h - 1
-    return torch.stack([torch.stack([left, top], 1), torch.stack([right, top], 1),
-                        torch.stack([right, bottom], 1), torch.stack([left, bottom], 1)], 1)
+INTERPOLATIONS = ('bilinear', 'bicubic')
 
 
 @MODELS.register_module()
@@ -38,11 +38,13 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
 
     In training, ``inputs`` must be the stacked ``(B, 3, S, S)`` uint8 images of the light
     loader pipeline (``DeviceMultiCropInput`` + ``PackInputs(meta_keys=('img_shape',
-    'aug_seed'))``); the output ``inputs`` is the list of views, globals first, each
-    ``(B, 3, size, size)`` and normalised as by the parent. In eval mode it is the parent.
-    The arguments mirror ``MultiCrop`` (same defaults, same distributions).
+    'aug_seed', 'crop_params'))``, collated by ``multicrop_collate`` or ``masked_collate``,
+    which add the packed ``crop_params`` tensor); the output ``inputs`` is the list of views,
+    globals first, each ``(B, 3, size, size)`` and normalised as by the parent. In eval mode
+    it is the parent. The arguments mirror ``MultiCrop`` (same defaults, same distributions).
 
     Args:
+        interpolation: ``'bicubic'`` or ``'bilinear'`` resampling of the crops.
         blur: ``'pil'`` (DINO: sigma ~ U[0.1, 2], 13-tap kernel) or ``'kernel9'`` (DINOv2).
         color_jitter, color_jitter_prob, grayscale_prob, flip_prob: as ``MultiCrop``.
         non_blocking: copy the batch to the device without waiting (pinned memory).
@@ -60,27 +62,27 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                  flip_prob: float = 0.5, non_blocking: bool = True, **kwargs):
         super().__init__(non_blocking=non_blocking, **kwargs)
         try:
-            from kornia import augmentation as K
+            import kornia  # noqa: F401  (colour space and blur kernels)
         except ImportError as exc:
             raise ImportError('MultiCropDataPreprocessor needs kornia: pip install '
                               '"mmselfsup_vmf[device-aug]" (kornia>=0.9)') from exc
         if blur not in BLUR_KERNELS:
             raise ValueError(f'MultiCropDataPreprocessor blur must be one of '
                              f'{tuple(BLUR_KERNELS)}, got {blur!r}')
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f'MultiCropDataPreprocessor interpolation must be one of '
+                             f'{INTERPOLATIONS}, got {interpolation!r}')
         self.view_laws, self.draw_kwargs = multicrop_laws(
             num_global, num_local, global_size, local_size, global_scale, local_scale,
             global_blur_probs, local_blur_prob, solarize_prob, color_jitter,
             color_jitter_prob, grayscale_prob, flip_prob)
-        self.crops = torch.nn.ModuleDict({
-            str(size): K.RandomResizedCrop((size, size), resample=interpolation,
-                                           align_corners=False, cropping_mode='slice')
-            for size in {global_size, local_size}})
-        self.flip = K.RandomHorizontalFlip()
-        self.jitter = K.ColorJitter(*color_jitter)
-        self.grayscale = K.RandomGrayscale()
-        kernel = BLUR_KERNELS[blur]
-        self.blur = K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), border_type='reflect')
-        self.solarize = K.RandomSolarize(0.0, 0.0)
+        self.interpolation = interpolation
+        self.blur_kernel = BLUR_KERNELS[blur]
+        # operations whose probability or strength is zero are left out (a static choice:
+        # it does not look at the drawn gates)
+        self.jitter_on = color_jitter_prob > 0 and any(c > 0 for c in color_jitter)
+        self.hue_on = color_jitter[3] > 0
+        self.grayscale_on = grayscale_prob > 0
 
     def draw_params(self, data_samples, height: int, width: int) -> Dict[str, np.ndarray]:
         """Every view's parameters, arrays of shape (B, V, ...): the ``crop_params`` that
@@ -110,9 +112,10 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
         return stacked
 
     def forward(self, data: dict, training: bool = False) -> dict:
-        if not training:
-            return super().forward(data, training)
-        data = self.cast_data(data)
+        if not training:  # the parent takes (inputs, data_samples) only
+            return super().forward({k: v for k, v in data.items() if k != 'crop_params'},
+                                   training)
+        data = self.cast_data(data)  # the loader's crop_params too, non-blocking
         images, data_samples = data['inputs'], data.get('data_samples')
         if not (isinstance(images, torch.Tensor) and images.dim() == 4
                 and images.shape[1] == 3):
@@ -124,8 +127,16 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
                              'per image')
         x = images.float() / 255
         if self._channel_conversion:
-            x = x[:, [2, 1, 0]]
-        params = self.draw_params(data_samples, *x.shape[-2:])
+            x = x.flip(1)  # BGR <-> RGB (a list index would copy it from the host)
+        params = data.get('crop_params')
+        if params is None:  # a batch made by hand: stacked here, copied once
+            params = torch.from_numpy(pack_params(
+                self.draw_params(data_samples, *x.shape[-2:]))).to(x.device)
+        if tuple(params.shape) != (x.shape[0], len(self.view_laws), PARAM_WIDTH):
+            raise ValueError(f'crop_params of shape {tuple(params.shape)}, expected '
+                             f'{(x.shape[0], len(self.view_laws), PARAM_WIDTH)}: give '
+                             'DeviceMultiCropInput the MultiCrop arguments of the data '
+                             'preprocessor')
         views = self.make_views(x, params)
         if self._enable_normalize:
             views = [(v * 255 - self.mean) / self.std for v in views]
@@ -133,72 +144,49 @@ class MultiCropDataPreprocessor(SelfSupDataPreprocessor):
             views = [v * 255 for v in views]
         return {'inputs': views, 'data_samples': data_samples}
 
-    def make_views(self, x: torch.Tensor, params: Dict[str, np.ndarray]) -> List[torch.Tensor]:
-        """Crops every view, then runs the intensity operations on each size group at once."""
-        batch = x.shape[0]
-        groups = {}  # output size -> (view indices, crops)
+    def size_groups(self):
+        """Runs of consecutive views of one output size: (first, stop, size)."""
+        runs = []
         for v, law in enumerate(self.view_laws):
-            size = law.size
-            crop = self.crops[str(size)](x, params=dict(
-                src=crop_corners(params['box'][:, v]),
-                dst=crop_corners(np.tile([0, 0, size, size], (batch, 1))),
-                input_size=torch.tensor([list(x.shape[-2:])] * batch),
-                output_size=torch.tensor([[size, size]] * batch),
-                batch_prob=torch.ones(batch)))
-            groups.setdefault(size, ([], []))
-            groups[size][0].append(v)
-            groups[size][1].append(crop.clamp_(0, 1))
-        views = [None] * len(self.view_laws)
-        for indices, crops in groups.values():
-            # (B, V, ...) -> view-major (V_group * B, ...), the order of torch.cat(crops)
-            flat = {k: np.swapaxes(a[:, indices], 0, 1).reshape(len(indices) * batch,
-                                                                 *a.shape[2:])
-                    for k, a in params.items()}
-            out = self.intensity_ops(torch.cat(crops), flat)
-            for k, v in enumerate(indices):
-                views[v] = out[k * batch:(k + 1) * batch]
+            if runs and runs[-1][2] == law.size:
+                runs[-1][1] = v + 1
+            else:
+                runs.append([v, v + 1, law.size])
+        return runs
+
+    def make_views(self, x: torch.Tensor, params: torch.Tensor) -> List[torch.Tensor]:
+        """One batched crop per view, then the intensity operations on each size group at
+        once; ``params`` (B, V, PARAM_WIDTH) on the device."""
+        batch = x.shape[0]
+        p = unpack_params(params)
+        views = []
+        table = ops.row_table(x)  # shared by every view's crop
+        for first, stop, size in self.size_groups():
+            crops = [ops.crop_resize(x, p['box'][:, v], p['flip'][:, v, 0], size,
+                                     self.interpolation, table).clamp_(0, 1)
+                     for v in range(first, stop)]
+            # view-major (V_group * B, ...), the order of torch.cat(crops)
+            flat = unpack_params(params[:, first:stop].transpose(0, 1).reshape(
+                (stop - first) * batch, PARAM_WIDTH))
+            laws = self.view_laws[first:stop]
+            out = self.intensity_ops(torch.cat(crops), flat, laws)
+            views.extend(out.split(batch))
         return views
 
-    def intensity_ops(self, y: torch.Tensor, flat: Dict[str, np.ndarray]) -> torch.Tensor:
-        """Flip, colour jitter (per-crop random order), grayscale, blur, solarise."""
-        def gate(key):
-            return torch.as_tensor(flat[key], dtype=torch.float32).to(y.device)
-
-        if flat['flip'].any():
-            y = self.flip(y, params=dict(batch_prob=gate('flip')))
-        factors = torch.as_tensor(flat['jitter_factors'], dtype=torch.float32)
-        orders = torch.as_tensor(flat['jitter_order'])
-        jitter = torch.as_tensor(flat['jitter'])
-        # kornia draws one order per call; DINO's ColorJitter one per image: apply step k
-        # of every crop's own order, one kornia call per (step, operation). The indices are
-        # found on the host, where the parameters were drawn, so nothing waits for the device.
-        for step in range(4):
-            for op in range(4):
-                idx = torch.nonzero(jitter & (orders[:, step] == op)).flatten()
-                if idx.numel() == 0:
-                    continue
-                chosen = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(idx.numel(), 1)
-                chosen[:, op] = factors[idx, op]
-                chosen = chosen.to(y.device)
-                idx = idx.to(y.device)
-                y[idx] = self.jitter(y[idx], params=dict(
-                    brightness_factor=chosen[:, 0], contrast_factor=chosen[:, 1],
-                    saturation_factor=chosen[:, 2], hue_factor=chosen[:, 3],
-                    order=torch.tensor([op]), batch_prob=chosen.new_ones(idx.numel())))
-        n = len(y)
-        gated = (
-            (self.grayscale, 'grayscale', {}),
-            (self.blur, 'blur', dict(sigma=gate('sigma'))),
-            (self.solarize, 'solarize', dict(thresholds=y.new_full((n,), 0.5),
-                                             additions=y.new_zeros(n))))
-        for module, key, extra in gated:
-            # skipped when no crop is selected: kornia checks the blur kernel against the
-            # image size even for unselected crops
-            if flat[key].any():
-                y = module(y, params=dict(extra, batch_prob=gate(key)))
+    def intensity_ops(self, y: torch.Tensor, p: Dict[str, torch.Tensor],
+                      laws) -> torch.Tensor:
+        """Colour jitter (per-crop random order), grayscale, blur, solarise: each on the
+        whole group, its gate selecting the result (the flip was part of the crop)."""
+        if self.jitter_on:
+            y = ops.color_jitter(y, p['jitter'][:, 0], p['jitter_factors'],
+                                 p['jitter_order'], self.hue_on)
+        if self.grayscale_on:
+            y = ops.grayscale(y, p['grayscale'][:, 0])
+        if any(law.blur_prob > 0 for law in laws):
+            y = ops.gaussian_blur(y, p['blur'][:, 0], p['sigma'][:, 0], self.blur_kernel)
+        if any(law.solarize_prob > 0 for law in laws):
+            y = ops.solarize(y, p['solarize'][:, 0])
         return y
-
-
 @MODELS.register_module()
 class MaskedMultiCropDataPreprocessor(MaskedSelfSupDataPreprocessor, MultiCropDataPreprocessor):
     """``MultiCropDataPreprocessor`` + the iBOT / DINOv2 masks of the global views

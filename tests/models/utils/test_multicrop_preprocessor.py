@@ -223,3 +223,64 @@ def test_bad_inputs_have_one_line_errors():
                  data_samples=data['data_samples']), True)
     with pytest.raises(ValueError, match='blur must be one of'):
         preprocessor(blur='box')
+
+
+@pytest.mark.parametrize('mode', ['bilinear', 'bicubic'])
+def test_batched_crop_is_torchs_resize_of_each_slice(mode):
+    """crop_resize against float64 F.interpolate of each sliced box (the per-row resize it
+    replaces), flips included."""
+    from mmselfsup_vmf.models.utils.multicrop_ops import crop_resize
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((6, 3, 30, 40)))
+    boxes = np.array([[0, 0, 30, 40], [3, 5, 10, 7], [10, 2, 20, 30], [0, 20, 5, 20],
+                      [7, 7, 12, 12], [29, 39, 1, 1]])
+    flip = torch.tensor([0, 1, 0, 1, 1, 0])
+    got = crop_resize(x.float(), torch.from_numpy(boxes).float(), flip.float(), 12, mode)
+    for b, (top, left, h, w) in enumerate(boxes):
+        ref = torch.nn.functional.interpolate(x[b:b + 1, :, top:top + h, left:left + w],
+                                              (12, 12), mode=mode, align_corners=False)[0]
+        ref = ref.flip(-1) if flip[b] else ref
+        torch.testing.assert_close(got[b].double(), ref, atol=2e-5, rtol=0)
+
+
+def loader_batch(n=4, side=32, **laws):
+    """DeviceMultiCropInput on n random images, collated by multicrop_collate."""
+    from mmselfsup_vmf.datasets import multicrop_collate
+    from mmselfsup_vmf.datasets.transforms import DeviceMultiCropInput
+    rng = np.random.default_rng(5)
+    transform = DeviceMultiCropInput(size=side, **laws)
+    samples = []
+    for i in range(n):
+        np.random.seed(i)
+        out = transform(dict(img=rng.integers(0, 256, (side, side - 4, 3), dtype=np.uint8)))
+        samples.append(dict(
+            inputs=torch.from_numpy(out['img']).permute(2, 0, 1).contiguous(),
+            data_samples=DataSample(metainfo={k: out[k] for k in
+                                              ('img_shape', 'aug_seed', 'crop_params')})))
+    return multicrop_collate(samples)
+
+
+def test_loader_packed_parameters_give_the_views_of_the_sample_seeds():
+    laws = dict(num_local=3, global_size=16, local_size=8)
+    batch = loader_batch(**laws)
+    assert batch['crop_params'].shape == (4, 5, 18) and batch['crop_params'].dtype == \
+        torch.float32
+    pre = preprocessor(**laws)
+    from_loader = pre(batch, True)['inputs']
+    for sample in batch['data_samples']:  # the hand path: drawn here from aug_seed
+        sample.set_metainfo(dict(crop_params=None))
+    by_hand = pre(dict(inputs=batch['inputs'], data_samples=batch['data_samples']),
+                  True)['inputs']
+    for a, b in zip(from_loader, by_hand):
+        assert torch.equal(a, b)
+
+
+def test_views_are_made_on_the_device_from_the_batch_alone():
+    """On the 'meta' device any read of a value (.item(), nonzero, a boolean index) raises,
+    and so does any tensor made on the host from Python data joining the computation: the
+    batch and its packed parameters are all the step needs."""
+    laws = dict(num_local=3, global_size=16, local_size=8)
+    pre = preprocessor(**laws).to('meta')
+    views = pre(loader_batch(**laws), True)['inputs']
+    assert [(v.device.type, tuple(v.shape)) for v in views] == \
+        [('meta', (4, 3, 16, 16))] * 2 + [('meta', (4, 3, 8, 8))] * 3
