@@ -79,13 +79,20 @@ def import_official(path: str, module: str):
             if attr:
                 setattr(sys.modules[name], attr, None)
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        raise SystemExit(f'{path}/{module}.py needs {err.name!r}, a dependency of the official '
-                         f'code (iBOT: timm); install it (pip install {err.name}) or put it '
-                         'on PYTHONPATH') from err
+        return import_with_dependencies(module, f'{path}/{module}.py', 'iBOT: timm')
     finally:
         sys.path.pop(0)
+
+
+def import_with_dependencies(module: str, where: str, dependencies: str):
+    """``importlib.import_module(module)``; a missing dependency of the official code is one
+    line naming it and the fix."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise SystemExit(f'{where} needs {err.name!r}, a dependency of the official code '
+                         f'({dependencies}); install it (pip install {err.name}) or put it '
+                         'on PYTHONPATH') from err
 
 
 def init_one_process_group() -> None:

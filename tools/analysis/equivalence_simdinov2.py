@@ -28,7 +28,6 @@ weights 1 / |M_i| (an integer count divided into 1); in float64 runs both are do
 unless ``float32_parts`` (``--official-float32-parts``) keeps them as they are.
 """
 import contextlib
-import importlib
 import os
 import re
 import sys
@@ -39,6 +38,7 @@ from equivalence_official import (
     _flat,
     checked_name_map,
     cpu_only,
+    import_with_dependencies,
     init_one_process_group,
     official_name,
     record_at_step,
@@ -76,14 +76,10 @@ def import_simdinov2(path: str):
         sys.modules.pop(name)
     sys.path.insert(0, os.path.dirname(path))
     try:
-        train = importlib.import_module('simdinov2.train.train')
-    except ModuleNotFoundError as err:
-        raise SystemExit(f'simdinov2 needs {err.name!r}, a dependency of the official code '
-                         f'(timm, omegaconf, iopath); install it (pip install {err.name}) or '
-                         'put it on PYTHONPATH') from err
+        return import_with_dependencies('simdinov2.train.train', 'simdinov2',
+                                        'timm, omegaconf, iopath')
     finally:
         sys.path.pop(0)
-    return train
 
 
 def official_config(path: str, t: dict):
