@@ -1,4 +1,4 @@
-"""The study figures drawn from the committed robustness results (17 runs, one seed each),
+"""The study figures drawn from the committed robustness results (20 runs, one seed each),
 into a temporary folder: titles say what is plotted (no "mean over seeds" for single runs, no
 Python repr), every line has its own colour / style, and the final k-NN uses dots, not bars
 cut at 63 %. The figures are caught at ``savefig`` and inspected."""
@@ -33,7 +33,8 @@ def robustness():
     runs = report.load_runs(osp.join(RESULTS, 'robustness'))
     with open(osp.join(RESULTS, 'raw_pixels.json')) as f:
         raw = json.load(f)
-    assert len(runs) == 17 and {r['run_spec']['seed'] for r in runs} == {0}
+    # the 17 runs of 2026-12-01 and SimDINO's three coding-rate (gamma) stress runs
+    assert len(runs) == 20 and {r['run_spec']['seed'] for r in runs} == {0}
     return runs, raw
 
 
@@ -49,7 +50,7 @@ def test_knn_curves_of_single_runs(figures, tmp_path):
     assert 'mean over' not in title and 'one run per line' in title
     assert '[(' not in title and '60,000 bank / 10,000 queries' in title
     curves = [line for line in ax.get_lines() if line.get_label() != 'raw pixels']
-    assert len(curves) == 17 and len(set(styles_of(curves))) == 17
+    assert len(curves) == 20 and len(set(styles_of(curves))) == 20
 
 
 def test_knn_curves_say_mean_over_seeds_when_there_are_seeds(figures, tmp_path):
