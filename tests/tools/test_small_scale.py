@@ -104,6 +104,15 @@ def test_study_runs_are_methods_times_seeds_with_unique_names():
     assert len({r['name'] for r in robust}) == len(robust)
 
 
+def test_the_rerun_repeats_seed_0_of_the_dino_family_with_the_study_recipe():
+    rerun = small_scale.study_rerun_runs(small_scale.parse_args(['--experiment', 'study_rerun']))
+    study = {r['name']: r for r in small_scale.study_runs(small_scale.parse_args([]))}
+    assert sorted(r['name'] for r in rerun) == ['dino_s0', 'dino_vmf_s0', 'ibot_s0', 'ibot_vmf_s0']
+    for r in rerun:  # the same config, seed, epochs and tuned lr / momentum as the study run
+        assert r['experiment'] == 'study_rerun'
+        assert dict(r, experiment='study') == study[r['name']]
+
+
 def test_set_epochs_stretches_the_schedule():
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, 'configs/benchmarks/small_scale/dino.py'))

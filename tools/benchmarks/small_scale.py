@@ -16,6 +16,8 @@ smoke run: ``work_dirs/small_scale_smoke``, so a check leaves the repository cle
 Experiments (``--experiment``):
   study       methods x seeds at the study budget (default), each method with the lr and
               teacher momentum of its best sweep trial (k-NN top-1) once the sweep has run
+  study_rerun seed 0 of DINO, DINO-vMF, iBOT and iBOT-vMF as in ``study``, trained again
+              so that their teacher backbones are kept for the few-label evaluation
   sweep       seed 0, every method on the same lr x teacher-momentum grid, short budget
               (one epoch of a 20,000-image subset), final evaluation only
   robustness  the papers' stability claims at the sweep budget: lr x 3, temperature / eps x 3,
@@ -84,6 +86,7 @@ SMOKE_OVERRIDES = {
 MOVING_EPOCHS = 1
 MOVING_IMAGES = 30000  # a class-balanced half of the training split: 468 iterations
 SMOKE_EXPERIMENTS = ('smoke', 'moving_smoke')  # results outside version control
+RERUN_METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf')
 
 
 def run_spec(experiment: str, name: str, method: str, seed: int, epochs: int,
@@ -111,6 +114,15 @@ def study_runs(args) -> List[dict]:
     epochs = args.epochs or STUDY_EPOCHS
     return [run_spec('study', f'{m}_s{s}', m, s, epochs, tuned_overrides(args.out, m))
             for s in range(args.seeds) for m in args.methods]
+
+
+def study_rerun_runs(args) -> List[dict]:
+    """Seed 0 of the DINO / iBOT family's study runs, trained again with today's pipeline:
+    their first runs kept no backbone, which the few-label evaluation scores. Same spec
+    (config, tuned lr / momentum, epochs) as ``study``; results in ``<out>/study_rerun``."""
+    family = [m for m in args.methods if m in RERUN_METHODS]
+    return [dict(s, experiment='study_rerun')
+            for s in study_runs(argparse.Namespace(**dict(vars(args), methods=family, seeds=1)))]
 
 
 def sweep_runs(args) -> List[dict]:
@@ -183,8 +195,9 @@ def moving_smoke_runs(args) -> List[dict]:
                      knn_hook=False, init_eval=True, probe_interval=2)]
 
 
-EXPERIMENTS = dict(study=study_runs, sweep=sweep_runs, robustness=robustness_runs,
-                   smoke=smoke_runs, moving=moving_runs, moving_smoke=moving_smoke_runs)
+EXPERIMENTS = dict(study=study_runs, study_rerun=study_rerun_runs, sweep=sweep_runs,
+                   robustness=robustness_runs, smoke=smoke_runs, moving=moving_runs,
+                   moving_smoke=moving_smoke_runs)
 
 
 def resolve_lr_factor(run_spec: dict) -> dict:
