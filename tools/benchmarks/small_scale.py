@@ -118,8 +118,8 @@ def study_runs(args) -> List[dict]:
 
 def study_rerun_runs(args) -> List[dict]:
     """Seed 0 of the DINO / iBOT family's study runs, trained again with today's pipeline:
-    their first runs kept no backbone, which the few-label evaluation scores. Same spec
-    (config, tuned lr / momentum, epochs) as ``study``; results in ``<out>/study_rerun``."""
+    their first runs kept no backbone, which the few-label evaluation scores. The same
+    config, tuned lr / momentum and epochs as ``study``; results in ``<out>/study_rerun``."""
     family = [m for m in args.methods if m in RERUN_METHODS]
     return [dict(s, experiment='study_rerun')
             for s in study_runs(argparse.Namespace(**dict(vars(args), methods=family, seeds=1)))]
