@@ -26,6 +26,7 @@ Usage:
 import argparse
 import glob
 import json
+import logging
 import os
 import os.path as osp
 import statistics
@@ -80,6 +81,7 @@ def run_model(run_spec: dict, backbone: str = None):
     """(model, cfg) of a study run: its config and overrides, its seed's initialisation, the
     kept teacher backbone loaded when given."""
     from knn import load_weights
+    from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
     from mmengine.runner import set_random_seed
     from mmpretrain.registry import MODELS
@@ -91,7 +93,13 @@ def run_model(run_spec: dict, backbone: str = None):
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     set_random_seed(int(run_spec['seed']))
     model = MODELS.build(cfg.model)
-    model.init_weights()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # mmengine logs one init line per parameter tensor
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     model.sync_teacher()
     if backbone:
         load_weights(model, backbone)
