@@ -113,6 +113,16 @@ def test_the_rerun_repeats_seed_0_of_the_dino_family_with_the_study_recipe():
         assert dict(r, experiment='study') == study[r['name']]
 
 
+def test_the_long_moving_runs_are_the_moving_runs_at_three_epochs():
+    long = small_scale.moving_long_runs(small_scale.parse_args(['--experiment', 'moving_long']))
+    moving = {r['name']: r for r in small_scale.moving_runs(
+        small_scale.parse_args(['--experiment', 'moving', '--epochs', '3']))}
+    assert sorted(r['name'] for r in long) == [
+        f'{m}_s{s}' for m in ('dino', 'simdino_balanced') for s in range(3)]
+    for r in long:
+        assert r['epochs'] == 3 and dict(r, experiment='moving') == moving[r['name']]
+
+
 def test_set_epochs_stretches_the_schedule():
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, 'configs/benchmarks/small_scale/dino.py'))

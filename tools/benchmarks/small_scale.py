@@ -30,6 +30,7 @@ Experiments (``--experiment``):
               the same canvas splits and seed 0's networks at random init. Budget: 1 epoch
               of a class-balanced 30,000-image half of the training split (468 iterations),
               final evaluation only (k-NN bank and queries: the whole canvas splits)
+  moving_long DINO and SimDINO (balanced) on the canvas at 3 epochs instead of 1, x seeds
   smoke       one tiny run (256 images, small k-NN sets) for CI
   moving_smoke  the moving experiment's tiny run for CI (SMOKE sizes on the canvas)
 
@@ -85,6 +86,8 @@ SMOKE_OVERRIDES = {
 }
 MOVING_EPOCHS = 1
 MOVING_IMAGES = 30000  # a class-balanced half of the training split: 468 iterations
+MOVING_LONG_EPOCHS = 3
+MOVING_LONG_METHODS = ('dino', 'simdino_balanced')
 SMOKE_EXPERIMENTS = ('smoke', 'moving_smoke')  # results outside version control
 RERUN_METHODS = ('dino', 'dino_vmf', 'ibot', 'ibot_vmf')
 
@@ -187,6 +190,15 @@ def moving_runs(args) -> List[dict]:
             for s in range(args.seeds) for m in args.methods]
 
 
+def moving_long_runs(args) -> List[dict]:
+    """The moving runs of DINO and SimDINO (balanced) at 3 epochs instead of 1: how much of
+    the gap to pixels is the budget. Results in ``<out>/moving_long``."""
+    methods = [m for m in args.methods if m in MOVING_LONG_METHODS]
+    longer = argparse.Namespace(**dict(vars(args), methods=methods,
+                                       epochs=args.epochs or MOVING_LONG_EPOCHS))
+    return [dict(s, experiment='moving_long') for s in moving_runs(longer)]
+
+
 def moving_smoke_runs(args) -> List[dict]:
     from small_scale_moving import canvas_overrides
     method = args.methods[0] if len(args.methods) == 1 else 'dino'
@@ -197,7 +209,7 @@ def moving_smoke_runs(args) -> List[dict]:
 
 EXPERIMENTS = dict(study=study_runs, study_rerun=study_rerun_runs, sweep=sweep_runs,
                    robustness=robustness_runs, smoke=smoke_runs, moving=moving_runs,
-                   moving_smoke=moving_smoke_runs)
+                   moving_long=moving_long_runs, moving_smoke=moving_smoke_runs)
 
 
 def resolve_lr_factor(run_spec: dict) -> dict:
