@@ -121,6 +121,9 @@ def test_the_long_moving_runs_are_the_moving_runs_at_three_epochs():
         f'{m}_s{s}' for m in ('dino', 'simdino_balanced') for s in range(3)]
     for r in long:
         assert r['epochs'] == 3 and dict(r, experiment='moving') == moving[r['name']]
+    other = small_scale.moving_long_runs(small_scale.parse_args(
+        ['--experiment', 'moving_long', '--methods', 'ibot', '--seeds', '1']))
+    assert [r['name'] for r in other] == ['ibot_s0']
 
 
 def test_set_epochs_stretches_the_schedule():

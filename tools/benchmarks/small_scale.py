@@ -30,7 +30,7 @@ Experiments (``--experiment``):
               the same canvas splits and seed 0's networks at random init. Budget: 1 epoch
               of a class-balanced 30,000-image half of the training split (468 iterations),
               final evaluation only (k-NN bank and queries: the whole canvas splits)
-  moving_long DINO and SimDINO (balanced) on the canvas at 3 epochs instead of 1, x seeds
+  moving_long the moving runs at 3 epochs instead of 1 (default: DINO, SimDINO balanced)
   smoke       one tiny run (256 images, small k-NN sets) for CI
   moving_smoke  the moving experiment's tiny run for CI (SMOKE sizes on the canvas)
 
@@ -193,9 +193,7 @@ def moving_runs(args) -> List[dict]:
 def moving_long_runs(args) -> List[dict]:
     """The moving runs of DINO and SimDINO (balanced) at 3 epochs instead of 1: how much of
     the gap to pixels is the budget. Results in ``<out>/moving_long``."""
-    methods = [m for m in args.methods if m in MOVING_LONG_METHODS]
-    longer = argparse.Namespace(**dict(vars(args), methods=methods,
-                                       epochs=args.epochs or MOVING_LONG_EPOCHS))
+    longer = argparse.Namespace(**dict(vars(args), epochs=args.epochs or MOVING_LONG_EPOCHS))
     return [dict(s, experiment='moving_long') for s in moving_runs(longer)]
 
 
@@ -318,7 +316,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--experiment', choices=sorted(EXPERIMENTS), default='study')
     p.add_argument('--methods', nargs='+', choices=METHODS,
-                   help='default: all, or the six of the moving experiment')
+                   help='default: all; the six of the moving experiment; DINO and '
+                        'SimDINO (balanced) for moving_long')
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
     p.add_argument('--out', help='results folder (default: the committed '
@@ -337,7 +336,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.methods is None:
         from small_scale_moving import MOVING_METHODS
-        args.methods = list(MOVING_METHODS if args.experiment.startswith('moving') else METHODS)
+        args.methods = list(MOVING_LONG_METHODS if args.experiment == 'moving_long' else
+                            MOVING_METHODS if args.experiment.startswith('moving') else METHODS)
     if args.out is None:
         args.out = (osp.join(ROOT, 'work_dirs', 'small_scale_smoke') if args.experiment in
                     SMOKE_EXPERIMENTS else osp.join(ROOT, 'benchmarks', 'results',
