@@ -123,9 +123,8 @@ def study_rerun_runs(args) -> List[dict]:
     """Seed 0 of the DINO / iBOT family's study runs, trained again with today's pipeline:
     their first runs kept no backbone, which the few-label evaluation scores. The same
     config, tuned lr / momentum and epochs as ``study``; results in ``<out>/study_rerun``."""
-    family = [m for m in args.methods if m in RERUN_METHODS]
     return [dict(s, experiment='study_rerun')
-            for s in study_runs(argparse.Namespace(**dict(vars(args), methods=family, seeds=1)))]
+            for s in study_runs(argparse.Namespace(**dict(vars(args), seeds=1)))]
 
 
 def sweep_runs(args) -> List[dict]:
@@ -317,7 +316,7 @@ def parse_args(argv=None):
     p.add_argument('--experiment', choices=sorted(EXPERIMENTS), default='study')
     p.add_argument('--methods', nargs='+', choices=METHODS,
                    help='default: all; the six of the moving experiment; DINO and '
-                        'SimDINO (balanced) for moving_long')
+                        'SimDINO (balanced) for moving_long; the DINO family for study_rerun')
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--epochs', type=int, help='epoch budget (default: per experiment)')
     p.add_argument('--out', help='results folder (default: the committed '
@@ -336,8 +335,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.methods is None:
         from small_scale_moving import MOVING_METHODS
-        args.methods = list(MOVING_LONG_METHODS if args.experiment == 'moving_long' else
-                            MOVING_METHODS if args.experiment.startswith('moving') else METHODS)
+        defaults = dict(moving_long=MOVING_LONG_METHODS, study_rerun=RERUN_METHODS)
+        args.methods = list(defaults.get(args.experiment) or (
+            MOVING_METHODS if args.experiment.startswith('moving') else METHODS))
     if args.out is None:
         args.out = (osp.join(ROOT, 'work_dirs', 'small_scale_smoke') if args.experiment in
                     SMOKE_EXPERIMENTS else osp.join(ROOT, 'benchmarks', 'results',
